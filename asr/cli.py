@@ -1,0 +1,133 @@
+"""The ``asr`` command line: corpora, language models, transcription and evaluation.
+
+Each command imports its module lazily so ``asr --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, TypeVar
+
+import typer
+
+from asr.errors import UserError
+
+app = typer.Typer(help="Speech recognition on Keras.", no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Corpora: synthesise or import, write manifests.", no_args_is_help=True)
+import_app = typer.Typer(help="Turn a corpus folder into JSON-lines manifests.", no_args_is_help=True)
+lm_app = typer.Typer(help="N-gram language models for beam search.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+data_app.add_typer(import_app, name="import")
+app.add_typer(lm_app, name="lm")
+
+Result = TypeVar("Result")
+
+
+def _run(action: Callable[[], Result]) -> Result:
+    """Run a command body; a user mistake becomes one ``error:`` line and exit code 2."""
+    try:
+        return action()
+    except UserError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., help="Folder for wavs/ and the manifests."),
+    count: int = typer.Option(400, help="Number of utterances."),
+    seed: int = typer.Option(0, help="Same seed, same corpus."),
+    jobs: int = typer.Option(2, help="Worker processes."),
+) -> None:
+    """Synthesise an offline English corpus with espeak-ng (16 kHz WAVs + manifests)."""
+    from asr.data import synth
+
+    _run(lambda: synth.main(out=out, count=count, seed=seed, jobs=jobs))
+
+
+@import_app.command("librispeech")
+def import_librispeech(
+    folder: Path = typer.Argument(..., help="A LibriSpeech split folder (speaker/chapter/*.flac)."),
+    out: Path = typer.Option(..., help="Manifest to write (JSON lines)."),
+    max_duration: float = typer.Option(20.0, help="Skip longer clips (seconds)."),
+) -> None:
+    """Import LibriSpeech (FLAC + *.trans.txt)."""
+    from asr.data import importers
+
+    _run(lambda: importers.import_librispeech(folder, out, max_duration=max_duration))
+
+
+@import_app.command("commonvoice")
+def import_commonvoice(
+    folder: Path = typer.Argument(..., help="A Common Voice folder (*.tsv + clips/)."),
+    out: Path = typer.Option(..., help="Manifest to write (JSON lines)."),
+    split: str = typer.Option("train", help="Which TSV to read (train, dev, test, validated)."),
+    max_duration: float = typer.Option(20.0, help="Skip longer clips (seconds)."),
+) -> None:
+    """Import Common Voice (TSV + MP3 clips)."""
+    from asr.data import importers
+
+    _run(lambda: importers.import_commonvoice(folder, out, split=split, max_duration=max_duration))
+
+
+@lm_app.command("build")
+def lm_build(
+    text: Path = typer.Option(..., help="Training text, one sentence per line."),
+    out: Path = typer.Option(..., help="ARPA file to write."),
+    order: int = typer.Option(3, help="N-gram order."),
+) -> None:
+    """Build an n-gram language model (ARPA) from a text corpus."""
+    from asr import lm
+
+    _run(lambda: lm.build_main(text=text, out=out, order=order))
+
+
+@lm_app.command("tune")
+def lm_tune(
+    model: str = typer.Option(..., help="Model bundle (.bin)."),
+    manifest: Path = typer.Option(..., help="Dev manifest to tune on."),
+    lm_path: Optional[Path] = typer.Option(None, "--lm", help="LM to use (default: the bundle's)."),
+    trials: int = typer.Option(20, help="Random-search trials (0: a 5x5 grid)."),
+    write: bool = typer.Option(True, help="Write the best alpha/beta into the bundle."),
+) -> None:
+    """Search the LM weight alpha and word bonus beta on a dev manifest."""
+    from asr import lm
+
+    _run(lambda: lm.tune_main(model=model, manifest=manifest, lm_path=lm_path, trials=trials, write=write))
+
+
+@app.command("transcribe")
+def transcribe(
+    files: List[Path] = typer.Argument(..., help="Audio files."),
+    model: str = typer.Option(..., help="Model bundle (.bin)."),
+    decoder: Optional[str] = typer.Option(None, help="greedy, beam or beam_lm (default: the bundle's)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per file."),
+) -> None:
+    """Transcribe audio files."""
+    from asr import transcribe as transcribe_module
+
+    _run(lambda: transcribe_module.main(files=files, model=model, decoder=decoder, as_json=as_json))
+
+
+@app.command("evaluate")
+def evaluate(
+    model: str = typer.Option(..., help="Model bundle (.bin)."),
+    manifest: Path = typer.Option(..., help="Manifest with reference transcripts."),
+    decoder: Optional[str] = typer.Option(None, help="greedy, beam or beam_lm (default: the bundle's)."),
+    report: Optional[Path] = typer.Option(None, help="Write a JSON report here."),
+    worst: int = typer.Option(10, help="How many worst utterances to show."),
+) -> None:
+    """WER and CER of a model on a manifest, with a per-utterance table."""
+    from asr import evaluate as evaluate_module
+
+    _run(lambda: evaluate_module.main(model=model, manifest=manifest, decoder=decoder, report=report, worst=worst))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
