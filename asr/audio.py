@@ -1,0 +1,153 @@
+"""Audio loading and features: any format soundfile/librosa read -> mono -> resample -> MFCC or log-mel.
+
+``get_features(files)`` returns the zero-padded batch ``[B, Tmax, F]`` that the models take.
+Padded frames are all zeros (the models derive their masks from that), real frames are
+normalised per utterance. TensorFlow is not imported here, so worker processes stay light.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from asr.errors import UserError
+
+EPSILON = 1e-6
+# Features of a few-second clip take ~4 ms; a worker process costs ~2-3 s to start (imports,
+# librosa's first-call set-up), so processes only pay for large sets.
+MIN_FILES_PER_PROCESS = 250
+
+
+def _plain_config(features_config: Any) -> dict[str, Any]:
+    """A FeaturesConfig (dataclass, DictConfig or mapping) as a plain dict, defaults filled in."""
+    from asr.configuration import FeaturesConfig
+
+    values = asdict(FeaturesConfig())
+    if features_config is None:
+        return values
+    if is_dataclass(features_config):
+        values.update(asdict(features_config))
+    elif isinstance(features_config, Mapping) or hasattr(features_config, "items"):
+        values.update({key: features_config[key] for key in features_config.keys()})
+    else:
+        raise ValueError(f"features_config must be a FeaturesConfig or a mapping, got {type(features_config).__name__}")
+    return values
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Read ``path`` as float32 mono at ``sample_rate``; unreadable audio raises ``UserError``."""
+    import librosa
+    import soundfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"audio file not found: {path}")
+    try:
+        signal, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        signal = signal.mean(axis=1)
+    except Exception as soundfile_error:  # soundfile can't read it: try librosa's audioread fallback
+        try:
+            signal, rate = librosa.load(str(path), sr=None, mono=True, dtype=np.float32)
+        except Exception:
+            reason = str(soundfile_error).splitlines()[0] if str(soundfile_error) else type(soundfile_error).__name__
+            raise UserError(f"cannot read audio file {path}: {reason}") from None
+    if signal.size == 0:
+        raise UserError(f"audio file {path} has no samples")
+    if rate != sample_rate:
+        signal = librosa.resample(signal, orig_sr=rate, target_sr=sample_rate)
+    return np.ascontiguousarray(signal, dtype=np.float32)
+
+
+def compute_features(signal: np.ndarray, features_config: Any = None) -> np.ndarray:
+    """MFCC or log-mel features ``[T, F]`` float32 of a mono signal, normalised per utterance."""
+    import librosa
+
+    config = _plain_config(features_config)
+    rate = int(config["sample_rate"])
+    window = int(round(config["window_ms"] * rate / 1000))
+    hop = int(round(config["hop_ms"] * rate / 1000))
+    n_fft = int(config["n_fft"])
+    if window > n_fft:
+        raise UserError(f"features: window_ms={config['window_ms']} is {window} samples, more than n_fft={n_fft}")
+    common = dict(sr=rate, n_fft=n_fft, hop_length=hop, win_length=window, center=True)
+    if config["type"] == "mfcc":
+        features = librosa.feature.mfcc(y=signal, n_mfcc=int(config["num_features"]),
+                                         n_mels=int(config["n_mels"]), **common)
+    elif config["type"] == "logmel":
+        mel = librosa.feature.melspectrogram(y=signal, n_mels=int(config["num_features"]), **common)
+        features = np.log(mel + EPSILON)
+    else:
+        raise UserError(f"features.type={config['type']!r} is not one of mfcc, logmel")
+    features = features.T.astype(np.float32)  # [T, F]
+    if config["normalize"] == "utterance":
+        features = (features - features.mean(axis=0)) / (features.std(axis=0) + EPSILON)
+    return np.ascontiguousarray(features, dtype=np.float32)
+
+
+def file_features(path: str | Path, features_config: Any = None) -> np.ndarray:
+    """Features ``[T, F]`` of one audio file."""
+    config = _plain_config(features_config)
+    return compute_features(load_audio(path, int(config["sample_rate"])), config)
+
+
+def _file_features_worker(arguments: tuple[str, dict[str, Any]]) -> np.ndarray:
+    return file_features(*arguments)
+
+
+def extract_features(files: Sequence[str | Path], features_config: Any = None, jobs: int | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+    """Features of many files, in order, over ``jobs`` worker processes (librosa holds the GIL).
+
+    Workers are started with ``forkserver`` so a parent that already runs TensorFlow is never
+    forked. ``progress(done, total)`` is called as results arrive.
+    """
+    config = _plain_config(features_config)
+    total = len(files)
+    jobs = min(jobs or os.cpu_count() or 1, total // MIN_FILES_PER_PROCESS)
+    if jobs <= 1:
+        results = []
+        for index, path in enumerate(files):
+            results.append(file_features(path, config))
+            if progress:
+                progress(index + 1, total)
+        return results
+    context = multiprocessing.get_context("forkserver")
+    results = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        chunk = max(1, total // (jobs * 8))
+        for features in pool.map(_file_features_worker, [(str(path), config) for path in files], chunksize=chunk):
+            results.append(features)
+            if progress:
+                progress(len(results), total)
+    return results
+
+
+def pad_features(features: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad ``[T_i, F]`` arrays into ``[B, Tmax, F]`` float32 plus int32 lengths ``[B]``."""
+    features = list(features)
+    if not features:
+        raise ValueError("pad_features needs at least one array")
+    lengths = np.asarray([len(item) for item in features], dtype=np.int32)
+    width = features[0].shape[1]
+    batch = np.zeros((len(features), int(lengths.max()), width), dtype=np.float32)
+    for row, item in enumerate(features):
+        batch[row, : len(item)] = item
+    return batch, lengths
+
+
+def get_features(files: Sequence[str | Path] | str | Path, features_config: Any = None,
+                 return_lengths: bool = False, jobs: int | None = 1) -> Any:
+    """The padded batch ``[B, Tmax, F]`` of ``files`` (defaults: the default FeaturesConfig).
+
+    With ``return_lengths`` also the true frame counts ``[B]`` (int32).
+    """
+    if isinstance(files, (str, Path)):
+        files = [files]
+    batch, lengths = pad_features(extract_features(list(files), features_config, jobs=jobs))
+    return (batch, lengths) if return_lengths else batch

@@ -1,0 +1,201 @@
+"""Augmentation: SpecAugment masks (TensorFlow), speed perturbation and additive noise (numpy).
+
+* ``spec_augment(features, augment_config, seed)``: frequency and time masks on one
+  ``[T, F]`` utterance of any length, with stateless random ops, so it runs inside a
+  ``tf.data`` map and the same seed gives the same masks. Masked values become 0 (the mean
+  of per-utterance normalised features, and the value of padding). A mask is never wider
+  than the utterance: a 5-frame clip with ``time_mask_width=20`` gets masks of 0..4 frames.
+  The last frame is never masked and the frequency masks never cover every bin, because the
+  models (``asr.models.FrameMask``) take an utterance's end to be its last non-zero frame.
+* ``map_spec_augment(dataset, augment_config, seed)``: the same over a ``tf.data.Dataset``,
+  with fresh (but reproducible) masks every epoch.
+* ``speed_perturb(signal, rate)``: Kaldi-style speed change by resampling (tempo and pitch
+  together); ``rate=1.1`` makes the clip 1/1.1 as long.
+* ``add_noise(signal, snr_db, rng, noise=None)``: white noise, or a random stretch of a
+  given noise recording, scaled to the requested signal-to-noise ratio.
+* ``augment_waveform(...)``: what ``AugmentConfig`` asks for on the waveform side.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from asr.errors import UserError
+
+
+def _get(config: Any, name: str) -> Any:
+    return config[name] if isinstance(config, dict) else getattr(config, name)
+
+
+def check_augment_config(augment_config: Any) -> None:
+    """Raise ``UserError`` naming the ``augment.*`` value that makes no sense."""
+    for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
+        if int(_get(augment_config, name)) < 0:
+            raise UserError(f"augment.{name} must be >= 0, got {_get(augment_config, name)}")
+    rates = list(_get(augment_config, "speed_perturb") or [])
+    if any(float(rate) <= 0 for rate in rates):
+        raise UserError(f"augment.speed_perturb rates must be > 0, got {rates}")
+    probability = float(_get(augment_config, "noise_probability"))
+    if not 0.0 <= probability <= 1.0:
+        raise UserError(f"augment.noise_probability must be in [0, 1], got {probability}")
+    snr = list(_get(augment_config, "noise_snr_db"))
+    if len(snr) != 2 or float(snr[0]) > float(snr[1]):
+        raise UserError(f"augment.noise_snr_db must be [low, high] with low <= high, got {snr}")
+
+
+def spec_augment_enabled(augment_config: Any) -> bool:
+    """Whether the configuration asks for any mask."""
+    return (int(_get(augment_config, "freq_masks")) > 0 and int(_get(augment_config, "freq_mask_width")) > 0) or (
+        int(_get(augment_config, "time_masks")) > 0 and int(_get(augment_config, "time_mask_width")) > 0)
+
+
+# --- SpecAugment (TensorFlow) ------------------------------------------------------------------
+
+def _keep_mask(size: Any, count: int, max_width: int, seed: Any) -> Any:
+    """Boolean ``[size]``: False inside ``count`` random spans of width 0..min(max_width, size)."""
+    import tensorflow as tf
+
+    width_seed, start_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    widths = tf.random.stateless_uniform([count], width_seed, minval=0, maxval=max_width + 1, dtype=tf.int32)
+    widths = tf.minimum(widths, size)
+    fractions = tf.random.stateless_uniform([count], start_seed, dtype=tf.float32)
+    starts = tf.cast(tf.floor(fractions * tf.cast(size - widths + 1, tf.float32)), tf.int32)
+    starts = tf.minimum(starts, size - widths)  # guard against fractions * n rounding up to n
+    positions = tf.range(size)[tf.newaxis, :]
+    inside = (positions >= starts[:, tf.newaxis]) & (positions < (starts + widths)[:, tf.newaxis])
+    return tf.logical_not(tf.reduce_any(inside, axis=0))
+
+
+def _as_seed(seed: Any) -> Any:
+    import tensorflow as tf
+
+    if isinstance(seed, (int, np.integer)):
+        return tf.constant([int(seed), 0], dtype=tf.int64)
+    seed = tf.convert_to_tensor(seed)
+    if seed.shape.rank != 1 or (seed.shape[0] is not None and seed.shape[0] != 2):
+        raise ValueError(f"seed must be an int or a shape-[2] integer tensor, got shape {seed.shape}")
+    return tf.cast(seed, tf.int64)
+
+
+def spec_augment(features: Any, augment_config: Any, seed: Any) -> Any:
+    """Frequency and time masks on one utterance ``[T, F]`` (T may be unknown); shape and dtype kept.
+
+    ``seed``: an int or a shape-[2] integer tensor (``tf.random.stateless_*`` convention).
+    """
+    import tensorflow as tf
+
+    features = tf.convert_to_tensor(features)
+    if features.shape.rank is not None and features.shape.rank != 2:
+        raise ValueError(f"spec_augment takes one utterance [T, F], got shape {features.shape}")
+    if not spec_augment_enabled(augment_config):
+        return features
+    frequency_seed, time_seed = tf.unstack(tf.random.experimental.stateless_split(_as_seed(seed), 2))
+    frames, bins = tf.shape(features)[0], tf.shape(features)[1]
+    keep_bins = _keep_mask(bins, int(_get(augment_config, "freq_masks")),
+                           int(_get(augment_config, "freq_mask_width")), frequency_seed)
+    keep_bins = tf.logical_or(keep_bins, tf.logical_not(tf.reduce_any(keep_bins)))  # never mask every bin
+    # the last frame is never masked: the models find an utterance's end at its last non-zero frame
+    maskable = tf.maximum(frames - 1, 0)
+    keep_frames = _keep_mask(maskable, int(_get(augment_config, "time_masks")),
+                             int(_get(augment_config, "time_mask_width")), time_seed)
+    keep_frames = tf.concat([keep_frames, tf.ones([frames - maskable], tf.bool)], axis=0)
+    keep = tf.logical_and(keep_frames[:, tf.newaxis], keep_bins[tf.newaxis, :])
+    return features * tf.cast(keep, features.dtype)
+
+
+def map_spec_augment(dataset: Any, augment_config: Any, seed: int, key: int | str = 0,
+                     num_parallel_calls: Optional[int] = None) -> Any:
+    """``dataset`` with SpecAugment applied to each element's ``element[key]`` ([T, F], before batching).
+
+    Masks come from ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)``: the
+    same seed gives the same run, each epoch gets new masks.
+    """
+    import tensorflow as tf
+
+    if not spec_augment_enabled(augment_config):
+        return dataset
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+
+    def apply(element: Any, pair: Any) -> Any:
+        if isinstance(element, dict):
+            return {**element, key: spec_augment(element[key], augment_config, pair)}
+        if isinstance(element, tuple):
+            index = int(key)
+            return (*element[:index], spec_augment(element[index], augment_config, pair), *element[index + 1:])
+        return spec_augment(element, augment_config, pair)
+
+    zipped = tf.data.Dataset.zip((dataset, seeds))
+    return zipped.map(apply, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE, deterministic=True)
+
+
+# --- waveform side (numpy) ---------------------------------------------------------------------
+
+def speed_perturb(signal: np.ndarray, rate: float, sample_rate: int = 16000) -> np.ndarray:
+    """Play ``signal`` ``rate`` times faster (length / rate samples, pitch shifted alike)."""
+    import librosa
+
+    if rate <= 0:
+        raise ValueError(f"speed rate must be > 0, got {rate}")
+    signal = np.asarray(signal, dtype=np.float32)
+    if rate == 1.0 or signal.size == 0:
+        return signal.copy()
+    resampled = librosa.resample(signal, orig_sr=sample_rate * float(rate), target_sr=sample_rate)
+    return np.ascontiguousarray(resampled, dtype=np.float32)
+
+
+def _power(signal: np.ndarray) -> float:
+    return float(np.mean(np.square(signal, dtype=np.float64))) if signal.size else 0.0
+
+
+def add_noise(signal: np.ndarray, snr_db: float, rng: np.random.Generator,
+              noise: Optional[np.ndarray] = None) -> np.ndarray:
+    """``signal`` plus noise at ``snr_db`` dB: white Gaussian, or a random stretch of ``noise``.
+
+    A recording shorter than the signal is repeated. Silence stays silence (no power to
+    measure a ratio against), and so does a silent noise recording.
+    """
+    signal = np.asarray(signal, dtype=np.float32)
+    signal_power = _power(signal)
+    if signal_power == 0.0:
+        return signal.copy()
+    if noise is None:
+        stretch = rng.standard_normal(signal.shape[0])
+    else:
+        noise = np.asarray(noise, dtype=np.float32)
+        if noise.ndim != 1 or noise.size == 0:
+            raise ValueError(f"noise must be a non-empty mono signal, got shape {noise.shape}")
+        if noise.size < signal.size:
+            noise = np.tile(noise, int(np.ceil(signal.size / noise.size)) + 1)
+        start = int(rng.integers(0, noise.size - signal.size + 1))
+        stretch = noise[start:start + signal.size].astype(np.float64)
+    noise_power = _power(stretch)
+    if noise_power == 0.0:
+        return signal.copy()
+    scale = np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
+    return (signal + scale * stretch).astype(np.float32)
+
+
+def load_noises(paths: Sequence[str], sample_rate: int) -> list[np.ndarray]:
+    """Noise recordings for ``add_noise``, read with ``asr.audio.load_audio``."""
+    from asr.audio import load_audio
+
+    return [load_audio(path, sample_rate) for path in paths]
+
+
+def augment_waveform(signal: np.ndarray, augment_config: Any, rng: np.random.Generator,
+                     sample_rate: int = 16000, noises: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
+    """Speed perturbation (a rate drawn from ``speed_perturb``), then noise with ``noise_probability``.
+
+    The SNR is drawn uniformly from ``noise_snr_db``; the noise is white unless ``noises``
+    (recordings at ``sample_rate``) are given, then one of them is picked at random.
+    """
+    rates = list(_get(augment_config, "speed_perturb") or [])
+    if rates:
+        signal = speed_perturb(signal, float(rates[int(rng.integers(len(rates)))]), sample_rate)
+    if rng.random() < float(_get(augment_config, "noise_probability")):
+        low, high = (float(value) for value in _get(augment_config, "noise_snr_db"))
+        noise = noises[int(rng.integers(len(noises)))] if noises else None
+        signal = add_noise(signal, float(rng.uniform(low, high)), rng, noise)
+    return np.asarray(signal, dtype=np.float32)

@@ -1,0 +1,1 @@
+"""Offline synthetic English speech: a sentence generator and espeak-ng synthesis."""

@@ -1,0 +1,285 @@
+"""Synthetic English speech: espeak-ng (from the ``espeakng-loader`` wheel) reads generated sentences.
+
+``synthesize_corpus(out_dir, count, seed)`` writes ``out_dir/wavs/*.wav`` (16 kHz, mono, 16-bit PCM)
+and JSON-lines manifests ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` and ``all.jsonl`` with
+``{"audio_filepath", "duration", "text"}`` per line; ``audio_filepath`` is relative to the
+manifest's folder. Each utterance gets its own voice (English accent and espeak voice variant),
+speed, pitch, pitch range, level and leading/trailing silence, drawn from the seed and its index.
+
+Determinism: libespeak-ng keeps state between utterances in process-wide statics (the pitch
+flutter phase, the Klatt generator), so the same text can come out slightly differently the
+second time in one process. Utterances are therefore synthesised in fixed blocks of
+``BLOCK_SIZE``, each in a fresh worker process; the output then depends only on the seed and
+the count, never on ``jobs``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import multiprocessing
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+from asr.data.sentences import generate_sentences
+from asr.errors import UserError
+
+SAMPLE_RATE = 16_000
+BLOCK_SIZE = 32
+DEFAULT_SPLITS = {"train": 0.8, "dev": 0.1, "test": 0.1}
+
+# espeak-ng's C API (speak_lib.h)
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_DONT_EXIT = 0x8000
+_POSITION_CHARACTER = 1
+_CHARS_UTF8 = 1
+_PARAMETER_RATE, _PARAMETER_VOLUME, _PARAMETER_PITCH, _PARAMETER_RANGE = 1, 2, 3, 4
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+# English voices of espeak-ng (lang/gmw/en*), without en-Shaw (Shavian script).
+ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
+           "en-us-nyc")
+# Voice variants (espeak-ng-data/voices/!v) that stay intelligible; those missing from the
+# installed data are skipped. Left out on purpose: whisper, croak, Demonic, robosoft*, UniRobot.
+VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5",
+            "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6", "Alex", "Andy", "Annie", "adam",
+            "anika", "aunty", "belinda", "benjamin", "boris", "caleb", "david", "ed", "edward", "iven",
+            "john", "linda", "max", "michel", "norbert", "paul", "pedro", "quincy", "rob", "robert",
+            "steph", "travis", "victor", "zac")
+_QUESTION_STARTS = frozenset({"did", "do", "does", "can", "could", "will", "would", "should", "might", "where",
+                              "when", "why", "how", "what", "who"})
+
+
+@dataclass(frozen=True)
+class VoiceSettings:
+    """How one utterance is spoken."""
+
+    voice: str  # espeak voice name, "accent" or "accent+variant"
+    rate: int  # words per minute (espeak: 80..450, default 175)
+    pitch: int  # 0..100, default 50
+    pitch_range: int  # 0..100, default 50
+    peak: float  # peak amplitude of the written signal, 0..1
+    lead_silence: float  # seconds before the speech
+    trail_silence: float  # seconds after the speech
+
+
+def espeak_data_path() -> Path:
+    """The espeak-ng-data folder shipped by espeakng-loader."""
+    import espeakng_loader
+
+    return Path(espeakng_loader.get_data_path())
+
+
+def available_variants() -> tuple[str, ...]:
+    """The members of VARIANTS present in the installed espeak data ("" is the accent's own voice)."""
+    folder = espeak_data_path() / "voices" / "!v"
+    return tuple(name for name in VARIANTS if not name or (folder / name).is_file())
+
+
+def choose_settings(rng: random.Random, variants: Sequence[str]) -> VoiceSettings:
+    """Draw a voice, speed, pitch, level and padding for one utterance."""
+    accent = rng.choice(ACCENTS)
+    variant = rng.choice(variants)
+    return VoiceSettings(
+        voice=f"{accent}+{variant}" if variant else accent,
+        rate=rng.randint(125, 215),
+        pitch=rng.randint(25, 75),
+        pitch_range=rng.randint(20, 90),
+        peak=round(rng.uniform(0.3, 0.95), 3),
+        lead_silence=round(rng.uniform(0.05, 0.3), 3),
+        trail_silence=round(rng.uniform(0.05, 0.3), 3),
+    )
+
+
+class Espeak:
+    """libespeak-ng driven through ctypes, synchronous mode. Its state is global: one per process."""
+
+    def __init__(self) -> None:
+        import espeakng_loader
+
+        self.library = ctypes.CDLL(espeakng_loader.get_library_path())
+        self.library.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self.library.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+                                              ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        self.library.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.library.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self.library.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        self.sample_rate = self.library.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, str(espeak_data_path()).encode(), _INITIALIZE_DONT_EXIT)
+        if self.sample_rate <= 0:
+            raise RuntimeError(f"espeak-ng failed to initialise (data at {espeak_data_path()})")
+        self._chunks: list[bytes] = []
+        self._callback = _SYNTH_CALLBACK(self._collect)  # kept referenced: C holds the pointer
+        self.library.espeak_SetSynthCallback(self._callback)
+
+    def _collect(self, samples: ctypes.POINTER(ctypes.c_short), count: int, events: int) -> int:
+        if count > 0:
+            self._chunks.append(ctypes.string_at(samples, count * 2))
+        return 0  # 0: go on
+
+    def speak(self, text: str, settings: VoiceSettings) -> np.ndarray:
+        """int16 samples at ``self.sample_rate`` for ``text`` spoken as ``settings`` say."""
+        if self.library.espeak_SetVoiceByName(settings.voice.encode()) != 0:
+            raise RuntimeError(f"espeak-ng has no voice {settings.voice!r}")
+        for parameter, value in ((_PARAMETER_RATE, settings.rate), (_PARAMETER_PITCH, settings.pitch),
+                                 (_PARAMETER_RANGE, settings.pitch_range), (_PARAMETER_VOLUME, 100)):
+            self.library.espeak_SetParameter(parameter, value, 0)
+        self.library.espeak_ng_SetRandSeed(1)  # breath noise comes from espeak's own generator
+        self._chunks.clear()
+        data = text.encode("utf-8")
+        status = self.library.espeak_Synth(data, len(data) + 1, 0, _POSITION_CHARACTER, 0, _CHARS_UTF8, None, None)
+        self.library.espeak_Synchronize()
+        if status != 0:
+            raise RuntimeError(f"espeak-ng could not synthesise {text!r} (error {status})")
+        return np.frombuffer(b"".join(self._chunks), dtype=np.int16)
+
+
+_ENGINE: Espeak | None = None
+
+
+def engine() -> Espeak:
+    """This process's espeak-ng, initialised on first use."""
+    global _ENGINE
+    if _ENGINE is None:
+        _ENGINE = Espeak()
+    return _ENGINE
+
+
+def spoken_form(text: str) -> str:
+    """What espeak reads: the text with a full stop, or a question mark after a question word."""
+    return text + ("?" if text.split(" ", 1)[0] in _QUESTION_STARTS else ".")
+
+
+def synthesize(text: str, settings: VoiceSettings) -> np.ndarray:
+    """``text`` as 16 kHz int16 mono samples with the level and padding of ``settings``."""
+    speech = engine().speak(spoken_form(text), settings).astype(np.float32) / 32768.0
+    speech = soxr.resample(speech, engine().sample_rate, SAMPLE_RATE, quality="HQ")
+    peak = float(np.max(np.abs(speech))) if speech.size else 0.0
+    if peak > 0:
+        speech *= settings.peak / peak
+    signal = np.concatenate([
+        np.zeros(round(settings.lead_silence * SAMPLE_RATE), np.float32), speech,
+        np.zeros(round(settings.trail_silence * SAMPLE_RATE), np.float32),
+    ])
+    return np.clip(np.round(signal * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def utterance_settings(seed: int, index: int, variants: Sequence[str]) -> VoiceSettings:
+    """The settings of utterance ``index`` of the corpus of ``seed`` (independent of the others)."""
+    return choose_settings(random.Random(f"asr-synth:{seed}:{index}"), variants)
+
+
+def _synthesize_block(out_dir: str, seed: int, items: list[tuple[int, str, str]]) -> list[int]:
+    """Write the WAVs of ``items`` (index, text, relative path); return their lengths in samples."""
+    variants = available_variants()
+    lengths = []
+    for index, text, relative_path in items:
+        samples = synthesize(text, utterance_settings(seed, index, variants))
+        soundfile.write(os.path.join(out_dir, relative_path), samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        lengths.append(len(samples))
+    return lengths
+
+
+def split_sizes(count: int, splits: dict[str, float]) -> dict[str, int]:
+    """How many of ``count`` utterances each split gets (largest remainder; each non-empty if count allows)."""
+    total = sum(splits.values())
+    exact = {name: count * fraction / total for name, fraction in splits.items()}
+    sizes = {name: int(value) for name, value in exact.items()}
+    for name in sorted(exact, key=lambda key: (sizes[key] - exact[key], list(splits).index(key)))[
+            : count - sum(sizes.values())]:
+        sizes[name] += 1
+    if count >= len(splits):
+        for name in splits:
+            if sizes[name] == 0:
+                sizes[max(sizes, key=sizes.get)] -= 1
+                sizes[name] = 1
+    return sizes
+
+
+def _check_arguments(out_dir: Path, count: int, jobs: int, splits: dict[str, float]) -> None:
+    if count < 1:
+        raise UserError(f"--count must be at least 1, not {count}")
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, not {jobs}")
+    if not splits:
+        raise UserError("splits must name at least one split")
+    for name, fraction in splits.items():
+        if not name.replace("_", "").replace("-", "").isalnum() or name == "all":
+            raise UserError(f"split name {name!r} must be letters, digits, - or _ (and not 'all')")
+        if not fraction > 0:
+            raise UserError(f"split {name!r} needs a positive fraction, not {fraction}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a folder")
+    try:
+        (out_dir / "wavs").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {out_dir / 'wavs'}: {error.strerror or error}") from error
+    if not os.access(out_dir, os.W_OK | os.X_OK) or not os.access(out_dir / "wavs", os.W_OK | os.X_OK):
+        raise UserError(f"{out_dir} is not writable")
+
+
+def synthesize_corpus(out_dir: Path, count: int, seed: int, splits: dict[str, float] | None = None,
+                      jobs: int = 1, quiet: bool = False) -> dict[str, Path]:
+    """Synthesise ``count`` distinct sentences into ``out_dir``; return the manifest of each split and "all".
+
+    The same seed and count give byte-identical WAVs and manifests, whatever ``jobs`` is. Splits
+    (default 80/10/10 train/dev/test) hold different sentences. Prints a one-line summary unless
+    ``quiet``.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    splits = dict(DEFAULT_SPLITS if splits is None else splits)
+    _check_arguments(out_dir, count, jobs, splits)
+    sentences = generate_sentences(count, seed)
+    width = max(6, len(str(count - 1)))
+    items = [(index, text, f"wavs/{index:0{width}d}.wav") for index, text in enumerate(sentences)]
+    blocks = [items[start:start + BLOCK_SIZE] for start in range(0, count, BLOCK_SIZE)]
+    # A fresh process per block (see the module docstring); forkserver, because fork is unsafe
+    # once TensorFlow's threads run in the parent.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["asr.data.synth"])
+    lengths: list[int] = []
+    with ProcessPoolExecutor(max_workers=min(jobs, len(blocks)), mp_context=context,
+                             max_tasks_per_child=1) as pool:
+        for block_lengths in pool.map(_synthesize_block, [str(out_dir)] * len(blocks), [seed] * len(blocks),
+                                      blocks):
+            lengths.extend(block_lengths)
+    records = [{"audio_filepath": path, "duration": round(length / SAMPLE_RATE, 4), "text": text}
+               for (index, text, path), length in zip(items, lengths)]
+    manifests: dict[str, Path] = {}
+    start = 0
+    for name, size in split_sizes(count, splits).items():
+        manifests[name] = _write_manifest(out_dir / f"{name}.jsonl", records[start:start + size])
+        start += size
+    manifests["all"] = _write_manifest(out_dir / "all.jsonl", records)
+    if not quiet:
+        wall = time.perf_counter() - started
+        audio = sum(lengths) / SAMPLE_RATE
+        print(f"synthesised {count} utterances, {audio:.1f} s of audio in {wall:.1f} s "
+              f"({count / wall:.1f} utterances/s, {audio / wall:.1f} audio s/s, jobs={jobs}) into {out_dir}")
+    return manifests
+
+
+def _write_manifest(path: Path, records: list[dict]) -> Path:
+    with open(path, "w", encoding="utf-8", newline="\n") as stream:
+        for record in records:
+            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def main(out: Path, count: int, seed: int, jobs: int = 1) -> None:
+    """The ``asr data synth`` command: write the corpus and print where its manifests are."""
+    manifests = synthesize_corpus(Path(out), count, seed, jobs=jobs)
+    sizes = {name: sum(1 for _ in open(path, encoding="utf-8")) for name, path in manifests.items()}
+    print("manifests: " + ", ".join(f"{name} {manifests[name]} ({sizes[name]})" for name in manifests),
+          file=sys.stdout)

@@ -1,0 +1,149 @@
+"""The user-facing pipeline: features -> model -> decoder, plus training and saving.
+
+    pipeline = asr.load_model("model.bin")
+    sentences = pipeline(["a.wav", "b.flac"])
+    X, y_hat, sentences = pipeline(files, full=True)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from asr.configuration import Configuration
+from asr.errors import UserError
+from asr.text import Alphabet
+
+logger = logging.getLogger(__name__)
+
+MODELS_DIR_VARIABLE = "ASR_MODELS_DIR"
+
+
+def _as_configuration(value: Any) -> Configuration:
+    if isinstance(value, Configuration):
+        return value
+    if isinstance(value, (str, Path, DictConfig, dict)):
+        return Configuration(value)
+    raise ValueError(f"configuration must be a Configuration, a path or a mapping, got {type(value).__name__}")
+
+
+class Pipeline:
+    """A Keras CTC model with its configuration, alphabet and optional language model."""
+
+    def __init__(self, model: Any, configuration: Any, alphabet: Alphabet,
+                 language_model: str | Path | None = None, metadata: dict | None = None) -> None:
+        self.model = model
+        self.configuration = configuration
+        self.alphabet = alphabet
+        self.language_model = Path(language_model) if language_model else None
+        self.metadata = metadata or {}
+        self._decoders: dict[tuple, Any] = {}
+
+    @property
+    def configuration(self) -> Configuration:
+        return self._configuration
+
+    @configuration.setter
+    def configuration(self, value: Any) -> None:
+        self._configuration = _as_configuration(value)
+
+    # ----- inference -----------------------------------------------------------------------
+    def get_features(self, files: Sequence[str | Path], return_lengths: bool = False) -> Any:
+        """The padded feature batch of ``files`` with this model's feature configuration."""
+        from asr.audio import get_features
+
+        return get_features(files, self.configuration.features, return_lengths=return_lengths)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Logits ``[B, T', V]`` of a padded feature batch."""
+        from asr.training import predict_logits
+
+        return predict_logits(self.model, features)
+
+    def output_lengths(self, feature_lengths: Any) -> Any:
+        from asr.models import output_lengths
+
+        return output_lengths(np.asarray(feature_lengths), self.configuration.model)
+
+    def decode(self, y_hat: Any, lm: str | Path | None = None, lengths: Any = None) -> list[str]:
+        """Transcripts of logits ``y_hat`` with the configuration's decoder; ``lm`` overrides the LM path."""
+        from asr.decoding import make_decoder
+
+        lm_path = str(lm) if lm else (str(self.language_model) if self.language_model else None)
+        key = (OmegaConf.to_yaml(self.configuration.decoder), lm_path)
+        if key not in self._decoders:
+            self._decoders[key] = make_decoder(self.configuration.decoder, self.alphabet, lm_path=lm_path)
+        return self._decoders[key].decode(np.asarray(y_hat), lengths)
+
+    def __call__(self, files: Sequence[str | Path] | str | Path, full: bool = False) -> Any:
+        """Transcribe ``files``; with ``full`` return ``(X, y_hat, sentences)``."""
+        if isinstance(files, (str, Path)):
+            files = [files]
+        features, lengths = self.get_features(list(files), return_lengths=True)
+        y_hat = self.predict(features)
+        sentences = self.decode(y_hat, lengths=self.output_lengths(lengths))
+        return (features, y_hat, sentences) if full else sentences
+
+    # ----- training and saving -------------------------------------------------------------
+    def train(self, callbacks: Sequence[Any] = ()) -> dict:
+        """Tune the current weights on ``self.configuration``'s data; returns the training summary."""
+        from asr.training import train
+
+        model_config = self.configuration.model
+        built_with = self.metadata.get("model", {}).get("name")
+        if built_with and built_with != model_config.name:
+            logger.warning("configuration names model %s but the loaded model is %s: tuning the loaded one",
+                           model_config.name, built_with)
+        result = train(self.configuration.config, model=self.model, alphabet=self.alphabet, callbacks=callbacks)
+        self.model = result.model
+        self.metadata.setdefault("metrics", {}).update({"best_val_loss": result.summary()["best_val_loss"]})
+        return result.summary()
+
+    def save(self, path: str | Path, metrics: dict | None = None) -> Path:
+        """Write the model bundle (``.bin``) atomically."""
+        from asr.bundle import save_bundle
+
+        return save_bundle(path, self.model, self.configuration.config, self.alphabet,
+                           metrics=metrics if metrics is not None else self.metadata.get("metrics"),
+                           language_model=self.language_model)
+
+    def __repr__(self) -> str:
+        return (f"Pipeline(model={self.model.name}, alphabet={len(self.alphabet)} symbols, "
+                f"language_model={self.language_model})")
+
+
+def search_paths(name: str) -> list[Path]:
+    """Where a bare model name is looked for: ``~/.cache/asr/models`` then ``$ASR_MODELS_DIR``."""
+    filename = name if name.endswith(".bin") else f"{name}.bin"
+    folders = [Path.home() / ".cache" / "asr" / "models"]
+    if os.environ.get(MODELS_DIR_VARIABLE):
+        folders.append(Path(os.environ[MODELS_DIR_VARIABLE]))
+    return [folder / filename for folder in folders]
+
+
+def resolve_model_path(path_or_name: str | Path) -> Path:
+    path = Path(path_or_name).expanduser()
+    if path.exists() or len(path.parts) > 1:
+        if not path.is_file():
+            raise UserError(f"model bundle not found: {path}")
+        return path
+    candidates = search_paths(str(path_or_name))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"no model named {str(path_or_name)!r}; looked in " + ", ".join(map(str, candidates))
+                    + (f" (set {MODELS_DIR_VARIABLE} to add a folder)" if not os.environ.get(MODELS_DIR_VARIABLE)
+                       else ""))
+
+
+def load_model(path_or_name: str | Path) -> Pipeline:
+    """A :class:`Pipeline` from a bundle path, or a bare name in the model folders."""
+    from asr.bundle import load_bundle
+
+    bundle = load_bundle(resolve_model_path(path_or_name))
+    return Pipeline(bundle.model, bundle.configuration, bundle.alphabet, bundle.language_model, bundle.metadata)

@@ -1,0 +1,59 @@
+"""Which ``tf.distribute`` strategy a training run uses (``trainer.strategy``).
+
+* ``auto``: ``MirroredStrategy`` when more than one GPU is visible, else the default strategy.
+* ``default``: the default (single-device) strategy.
+* ``mirrored``: ``MirroredStrategy`` over the visible GPUs (or the CPU).
+* ``multi_worker``: ``MultiWorkerMirroredStrategy`` configured by ``TF_CONFIG``; it must be
+  created before TensorFlow runs any op, so call :func:`make_strategy` first thing.
+  Keras' ``fit()`` is broken under it (keras-team/keras#20585), hence asr's own loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+
+from asr.errors import UserError
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The strategy named by ``trainer.strategy``."""
+    if name not in STRATEGIES:
+        raise UserError(f"trainer.strategy={name!r} is not one of {', '.join(STRATEGIES)}")
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise UserError("trainer.strategy=multi_worker needs the TF_CONFIG environment variable")
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as error:
+            raise UserError(f"TF_CONFIG is not valid JSON: {error.msg}") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the worker that writes files (every worker but the chief writes to a scratch dir)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type is None or task_type == "chief" or (task_type == "worker" and task_id == 0
+                                                        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def writable_dir(strategy: tf.distribute.Strategy, directory: Path) -> Path:
+    """``directory`` on the chief; a per-worker scratch folder elsewhere (collective saves need every worker)."""
+    if is_chief(strategy):
+        return directory
+    resolver = strategy.cluster_resolver
+    return Path(tempfile.gettempdir()) / f"asr-worker-{resolver.task_type}-{resolver.task_id}" / directory.name

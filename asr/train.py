@@ -1,0 +1,105 @@
+"""``python -m asr.train [hydra overrides]``: train a model from ``conf/`` and write the results to ``exp_dir``.
+
+Writes ``checkpoints/`` (resumable, every epoch), ``metrics.jsonl``, ``model.bin`` and
+``result.json``. A run is resumed automatically when ``exp_dir`` holds a checkpoint (and
+``trainer.resume`` is true). Exit codes: 0 done, 2 bad configuration or data or a NaN loss
+(retrying will not help), 1 anything else.
+
+Top-level imports stay light (no TensorFlow): ``--cfg job`` must answer in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from asr.configuration import register_configs, validate
+from asr.errors import NaNLossError, UserError
+
+register_configs()
+logger = logging.getLogger("asr.train")
+
+SAMPLE_TRANSCRIPTS = 10
+
+
+def evaluate_split(model: Any, manifest: str, config: DictConfig, alphabet: Any) -> dict:
+    """Greedy WER/CER on a manifest, with sample transcripts."""
+    from asr.metrics import cer, wer
+    from asr.training import load_split, transcribe_examples
+
+    data = load_split(manifest, config, alphabet, "test")
+    references, hypotheses = transcribe_examples(model, data, alphabet, config)
+    samples = [{"audio_filepath": str(example.utterance.audio_filepath), "reference": reference,
+                "hypothesis": hypothesis}
+               for example, reference, hypothesis in zip(data.examples, references, hypotheses)][:SAMPLE_TRANSCRIPTS]
+    return {"wer": wer(references, hypotheses), "cer": cer(references, hypotheses), "utterances": len(references),
+            "samples": samples}
+
+
+def run(config: DictConfig, callbacks: Sequence[Any] = ()) -> dict:
+    """Train, evaluate on the test manifest, write ``model.bin`` and ``result.json``; return the result."""
+    from asr.bundle import save_bundle
+    from asr.strategy import is_chief, make_strategy
+    from asr.training import Trainer, load_alphabet
+
+    started = time.perf_counter()
+    exp_dir = Path(config.exp_dir)
+    strategy = make_strategy(config.trainer.strategy)  # first: MultiWorkerMirroredStrategy needs a fresh runtime
+    import keras
+
+    keras.utils.set_random_seed(int(config.seed))
+    alphabet = load_alphabet(config)
+    trainer = Trainer(config, alphabet=alphabet, callbacks=callbacks, strategy=strategy)
+    training = trainer.fit()
+    result: dict[str, Any] = {"exp_dir": str(exp_dir), **training.summary()}
+    if training.history:
+        last = training.history[-1]
+        result["final"] = {key: last.get(key) for key in ("loss", "val_loss", "val_wer", "val_cer")}
+    if not is_chief(strategy):
+        return result
+    if config.data.test_manifest:
+        test = evaluate_split(training.model, config.data.test_manifest, config, alphabet)
+        result["test"] = {key: test[key] for key in ("wer", "cer", "utterances")}
+        result["sample_transcripts"] = test["samples"]
+    metrics = {"best_val_loss": result["best_val_loss"], **{f"test_{key}": value
+                                                              for key, value in result.get("test", {}).items()}}
+    save_bundle(exp_dir / "model.bin", training.model, config, alphabet, metrics=metrics)
+    result["model_bundle"] = str(exp_dir / "model.bin")
+    result["total_seconds"] = round(time.perf_counter() - started, 2)
+    (exp_dir / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    logger.info("done: %s", json.dumps({key: result.get(key) for key in ("epochs_run", "best_val_loss", "test")},
+                                        default=str))
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    if os.environ.get("EXPCTL_RESUME") == "1":
+        logger.info("EXPCTL_RESUME=1: resuming from the checkpoints in exp_dir if there are any")
+    try:
+        config = validate(OmegaConf.to_container(cfg, resolve=True))
+        OmegaConf.set_readonly(config, True)
+        logger.info("exp_dir: %s", config.exp_dir)
+        run(config)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except NaNLossError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except Exception:  # anything else may be transient: exit 1 so the queue retries
+        traceback.print_exc()
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+"""The training loop: one readable custom loop under a ``tf.distribute`` strategy.
+
+``train(config)`` reads the manifests, computes features, builds (or takes) the model and runs
+epochs of ``strategy.run(train_step)`` over a distributed ``tf.data`` pipeline. Per replica the
+summed CTC loss is divided by the *global* number of utterances in the step, so gradients summed
+over replicas are the gradient of the global mean. Keras' optimizer sums gradients across
+replicas; note that its ``clipnorm`` clips each replica's partial gradient before that sum.
+
+What a checkpoint (``exp_dir/checkpoints``, written after every completed epoch) holds:
+
+* ``model``: every weight, BatchNorm moving statistics included;
+* ``optimizer``: its slots (Adam moments), ``iterations`` and ``learning_rate`` variable;
+* ``epoch``: epochs completed; a resumed run starts with the next one, never repeating one;
+* ``best_val_loss``, ``epochs_without_improvement`` (early stopping);
+* ``scheduled_learning_rate``, ``plateau_wait`` (learning-rate schedule before warmup).
+
+The data order of epoch ``k`` is a function of ``(seed, k)``, so nothing else is needed to
+continue where the run stopped. Best weights (lowest val loss) go to ``checkpoints/best.weights.h5``.
+Metrics per epoch are appended to ``exp_dir/metrics.jsonl`` and passed to callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig, OmegaConf
+
+from asr import models
+from asr.ctc import ctc_loss
+from asr.dataset import Example, FeaturesFor, in_memory_features, make_dataset, prepare_examples
+from asr.errors import NaNLossError, UserError
+from asr.manifest import read_manifest
+from asr.strategy import is_chief, make_strategy, writable_dir
+from asr.text import Alphabet
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_WEIGHTS = "best.weights.h5"
+METRICS_FILE = "metrics.jsonl"
+
+
+class Callback(Protocol):
+    """Something told about progress (e.g. MLflow logging); both methods are optional."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None: ...
+
+    def on_train_end(self, result: dict) -> None: ...
+
+
+@dataclass
+class SplitData:
+    """One split ready for training or evaluation."""
+
+    examples: list[Example]
+    features_for: FeaturesFor
+
+    @property
+    def audio_seconds(self) -> float:
+        return float(sum(example.utterance.duration for example in self.examples))
+
+
+@dataclass
+class TrainingResult:
+    model: keras.Model
+    epochs_run: int  # epochs completed in total (resumed ones included)
+    epochs_this_run: int
+    history: list[dict] = field(default_factory=list)
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+
+    def summary(self) -> dict:
+        return {"epochs_run": self.epochs_run, "epochs_this_run": self.epochs_this_run,
+                "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
+                "stopped_early": self.stopped_early, "train_seconds": round(self.train_seconds, 2),
+                "history": self.history}
+
+
+def load_alphabet(config: DictConfig) -> Alphabet:
+    return Alphabet.from_file(config.data.alphabet) if config.data.alphabet else Alphabet.default()
+
+
+def features_source(utterances: Sequence[Any], config: DictConfig, label: str) -> FeaturesFor:
+    """Where features come from: in memory now; the data helper's on-disk cache when ``data.cache_dir`` is set."""
+    if config.data.get("cache_dir"):
+        try:
+            from asr.feature_cache import FeatureCache  # noqa: F401  (added by the data helper)
+        except ImportError:
+            logger.warning("data.cache_dir is set but asr.feature_cache is not available: features stay in memory")
+    return in_memory_features(utterances, config.features, jobs=os.cpu_count(), label=label)
+
+
+def load_split(manifest: str, config: DictConfig, alphabet: Alphabet, split: str) -> SplitData:
+    """Read a manifest, compute its features, encode its transcripts."""
+    utterances = read_manifest(manifest, max_duration=config.data.max_duration)
+    if not utterances:
+        raise UserError(f"{split} manifest {manifest} has no utterances")
+    features_for = features_source(utterances, config, f"{split} features")
+    examples = prepare_examples(utterances, alphabet, lambda utterance: len(features_for(utterance)),
+                                lambda frames: int(models.output_lengths(frames, config.model)), split)
+    return SplitData(examples, features_for)
+
+
+def make_optimizer(optimizer_config: DictConfig) -> keras.optimizers.Optimizer:
+    common: dict[str, Any] = {"learning_rate": optimizer_config.learning_rate}
+    if optimizer_config.clipnorm:
+        common["clipnorm"] = optimizer_config.clipnorm
+    if optimizer_config.name == "adam":
+        return keras.optimizers.Adam(**common)
+    if optimizer_config.name == "adamw":
+        return keras.optimizers.AdamW(weight_decay=optimizer_config.weight_decay, **common)
+    if optimizer_config.name == "sgd":
+        return keras.optimizers.SGD(momentum=0.9, nesterov=True, **common)
+    raise UserError(f"optimizer.name={optimizer_config.name!r} is not one of adam, adamw, sgd")
+
+
+class Trainer:
+    """Trains ``model`` (built from ``config.model`` when None) on ``config``'s data."""
+
+    def __init__(self, config: DictConfig, model: keras.Model | None = None, alphabet: Alphabet | None = None,
+                 callbacks: Sequence[Callback] = (), strategy: tf.distribute.Strategy | None = None,
+                 train_data: SplitData | None = None, dev_data: SplitData | None = None) -> None:
+        self.config = config
+        self.strategy = strategy or make_strategy(config.trainer.strategy)
+        self.alphabet = alphabet or load_alphabet(config)
+        self.callbacks = list(callbacks)
+        self.exp_dir = Path(config.exp_dir)
+        self.chief = is_chief(self.strategy)
+        self.checkpoint_dir = writable_dir(self.strategy, self.exp_dir / CHECKPOINT_DIR)
+        self.train_data = train_data
+        self.dev_data = dev_data
+        self._initial_model = model
+
+    # ----- setup ---------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        data = self.config.data
+        if self.train_data is None:
+            self.train_data = load_split(data.train_manifest, self.config, self.alphabet, "train")
+        if self.dev_data is None and data.dev_manifest:
+            self.dev_data = load_split(data.dev_manifest, self.config, self.alphabet, "dev")
+
+    def _build(self) -> None:
+        config, num_features = self.config, int(self.config.features.num_features)
+        with self.strategy.scope():
+            if config.trainer.mixed_precision and self._initial_model is None:
+                keras.mixed_precision.set_global_policy(
+                    "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16")
+            model = models.build_model(config.model, num_features, len(self.alphabet) + 1)
+            if self._initial_model is not None:
+                if self._initial_model.input_shape[-1] != num_features:
+                    raise UserError(f"the model takes {self._initial_model.input_shape[-1]} features per frame but "
+                                    f"features.num_features={num_features}: keep the model's feature configuration")
+                model = keras.models.clone_model(self._initial_model)
+                model.set_weights(self._initial_model.get_weights())
+            optimizer = make_optimizer(config.optimizer)
+            if keras.mixed_precision.global_policy().name == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer.build(model.trainable_variables)
+            self.model, self.optimizer = model, optimizer
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.best_val_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best_val_loss")
+            self.epochs_without_improvement = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self.plateau_wait = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self.scheduled_learning_rate = tf.Variable(float(config.optimizer.learning_rate), dtype=tf.float64,
+                                                       trainable=False)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, epoch=self.epoch, best_val_loss=self.best_val_loss,
+            epochs_without_improvement=self.epochs_without_improvement, plateau_wait=self.plateau_wait,
+            scheduled_learning_rate=self.scheduled_learning_rate)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.checkpoint_dir), max_to_keep=2)
+
+    def _restore(self) -> None:
+        if not (self.config.trainer.resume and self.manager.latest_checkpoint):
+            return
+        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        logger.info("resumed from %s: %d epoch(s) done, best val loss %.4f", self.manager.latest_checkpoint,
+                    int(self.epoch.numpy()), float(self.best_val_loss.numpy()))
+        metrics_path = self.exp_dir / METRICS_FILE
+        if self.chief and metrics_path.exists():  # drop lines of an epoch that finished without its checkpoint
+            kept = [line for line in metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["epoch"] <= int(self.epoch.numpy())]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    # ----- steps ---------------------------------------------------------------------------
+    def _step_functions(self, element_spec: Any) -> None:
+        model, optimizer, model_config = self.model, self.optimizer, self.config.model
+        strategy = self.strategy
+
+        def per_example_loss(batch: dict, training: bool) -> tf.Tensor:
+            logits = model(batch["features"], training=training)
+            logit_lengths = models.output_lengths(batch["feature_lengths"], model_config)
+            return ctc_loss(batch["labels"], logits, batch["label_lengths"], logit_lengths)
+
+        def train_step(batch: dict) -> tuple[tf.Tensor, tf.Tensor]:
+            local_count = tf.cast(tf.shape(batch["index"])[0], tf.float32)
+            global_count = tf.distribute.get_replica_context().all_reduce("sum", local_count)
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(per_example_loss(batch, True)) / tf.maximum(global_count, 1.0)
+                scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+            gradients = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return loss, local_count
+
+        def eval_step(batch: dict) -> tuple[tf.Tensor, tf.Tensor]:
+            losses = per_example_loss(batch, False)
+            return tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32)
+
+        @tf.function(input_signature=[element_spec])
+        def distributed_train_step(batch: dict) -> tuple[tf.Tensor, tf.Tensor]:
+            loss, count = strategy.run(train_step, args=(batch,))
+            return strategy.reduce("sum", loss, axis=None), strategy.reduce("sum", count, axis=None)
+
+        @tf.function(input_signature=[element_spec])
+        def distributed_eval_step(batch: dict) -> tuple[tf.Tensor, tf.Tensor]:
+            total, count = strategy.run(eval_step, args=(batch,))
+            return strategy.reduce("sum", total, axis=None), strategy.reduce("sum", count, axis=None)
+
+        self.distributed_train_step, self.distributed_eval_step = distributed_train_step, distributed_eval_step
+
+    def _dataset(self, data: SplitData, epoch: int, training: bool) -> Any:
+        trainer = self.config.trainer
+        dataset = make_dataset(data.examples, data.features_for, int(self.config.features.num_features),
+                               int(trainer.batch_size), epoch=epoch, seed=int(self.config.seed),
+                               sortagrad=bool(trainer.sortagrad) and training, shuffle=training)
+        return self.strategy.experimental_distribute_dataset(dataset)
+
+    # ----- learning rate -------------------------------------------------------------------
+    def _set_step_learning_rate(self) -> None:
+        warmup = int(self.config.optimizer.warmup_steps)
+        rate = float(self.scheduled_learning_rate.numpy())
+        if warmup > 0:
+            rate *= min(1.0, (int(self.optimizer.iterations.numpy()) + 1) / warmup)
+        self.optimizer.learning_rate.assign(rate)
+
+    def _schedule_after_epoch(self, epoch: int, improved: bool) -> None:
+        optimizer_config = self.config.optimizer
+        if optimizer_config.schedule == "exponential":
+            self.scheduled_learning_rate.assign(optimizer_config.learning_rate * optimizer_config.decay_rate ** epoch)
+        elif optimizer_config.schedule == "plateau":
+            if improved:
+                self.plateau_wait.assign(0)
+            else:
+                self.plateau_wait.assign_add(1)
+                if int(self.plateau_wait.numpy()) >= optimizer_config.plateau_patience:
+                    self.scheduled_learning_rate.assign(self.scheduled_learning_rate * optimizer_config.decay_rate)
+                    self.plateau_wait.assign(0)
+                    logger.info("val loss stalled: learning rate now %.3g", float(self.scheduled_learning_rate.numpy()))
+
+    # ----- epochs --------------------------------------------------------------------------
+    def _train_epoch(self, epoch_index: int) -> tuple[float, float]:
+        """One pass over the training data; returns (mean loss, seconds)."""
+        assert self.train_data is not None
+        started, total_loss, total_count, step = time.perf_counter(), 0.0, 0, 0
+        log_every = max(1, int(self.config.trainer.log_every_steps))
+        for batch in self._dataset(self.train_data, epoch_index, training=True):
+            self._set_step_learning_rate()
+            loss_tensor, count_tensor = self.distributed_train_step(batch)
+            loss, count = float(loss_tensor.numpy()), int(count_tensor.numpy())
+            if not math.isfinite(loss):
+                indices = np.concatenate([np.asarray(value).reshape(-1) for value in
+                                          self.strategy.experimental_local_results(batch["index"])])
+                files = [str(self.train_data.examples[i].utterance.audio_filepath) for i in indices]
+                raise NaNLossError(f"loss is {loss} at epoch {epoch_index + 1}, step {step + 1}; "
+                                   f"batch files: {', '.join(files)}")
+            total_loss, total_count, step = total_loss + loss * count, total_count + count, step + 1
+            if step % log_every == 0:
+                logger.info("epoch %d step %d loss %.4f lr %.3g", epoch_index + 1, step, loss,
+                            float(self.optimizer.learning_rate.numpy()))
+        return total_loss / max(total_count, 1), time.perf_counter() - started
+
+    def evaluate_loss(self, data: SplitData) -> float:
+        total, count = 0.0, 0.0
+        for batch in self._dataset(data, 0, training=False):
+            batch_total, batch_count = self.distributed_eval_step(batch)
+            total, count = total + float(batch_total.numpy()), count + float(batch_count.numpy())
+        return total / max(count, 1.0)
+
+    def fit(self) -> TrainingResult:
+        """Run the remaining epochs; returns the model with the best weights and the history."""
+        started = time.perf_counter()
+        self._load_data()
+        self._build()
+        self._restore()
+        probe = make_dataset(self.train_data.examples[:1], self.train_data.features_for,
+                             int(self.config.features.num_features), 1)
+        self._step_functions(self.strategy.experimental_distribute_dataset(probe).element_spec)
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if self.chief:
+            self.exp_dir.mkdir(parents=True, exist_ok=True)
+        trainer = self.config.trainer
+        first_epoch = int(self.epoch.numpy())
+        if first_epoch >= trainer.epochs:
+            logger.info("checkpoint has %d epoch(s), trainer.epochs=%d: nothing left to train",
+                        first_epoch, trainer.epochs)
+        history: list[dict] = []
+        stopped_early = False
+        for epoch_index in range(first_epoch, int(trainer.epochs)):
+            epoch_started = time.perf_counter()
+            loss, seconds = self._train_epoch(epoch_index)
+            metrics: dict[str, Any] = {"epoch": epoch_index + 1, "loss": loss,
+                                       "learning_rate": float(self.optimizer.learning_rate.numpy()),
+                                       "audio_seconds_per_second": self.train_data.audio_seconds / seconds,
+                                       "epoch_seconds": seconds}
+            monitored = loss
+            if self.dev_data is not None:
+                metrics["val_loss"] = monitored = self.evaluate_loss(self.dev_data)
+                references, hypotheses = transcribe_examples(self.model, self.dev_data, self.alphabet,
+                                                             self.config, limit=int(trainer.val_decode_limit))
+                if references:
+                    from asr.metrics import cer, wer
+                    metrics["val_wer"], metrics["val_cer"] = wer(references, hypotheses), cer(references, hypotheses)
+            metrics["epoch_seconds"] = time.perf_counter() - epoch_started
+            improved = monitored < float(self.best_val_loss.numpy())
+            if improved:
+                self.best_val_loss.assign(monitored)
+                self.epochs_without_improvement.assign(0)
+                self.model.save_weights(str(self.checkpoint_dir / BEST_WEIGHTS))
+            else:
+                self.epochs_without_improvement.assign_add(1)
+            self._schedule_after_epoch(epoch_index + 1, improved)
+            self.epoch.assign(epoch_index + 1)
+            logger.info("epoch %d: %s", epoch_index + 1,
+                        " ".join(f"{key} {value:.4g}" for key, value in metrics.items() if key != "epoch"))
+            if self.chief:
+                with open(self.exp_dir / METRICS_FILE, "a") as stream:
+                    stream.write(json.dumps(metrics) + "\n")
+            self.manager.save(checkpoint_number=epoch_index + 1)
+            history.append(metrics)
+            for callback in self.callbacks:
+                if hasattr(callback, "on_epoch_end"):
+                    callback.on_epoch_end(epoch_index + 1, metrics)
+            patience = int(trainer.early_stopping_patience)
+            if patience and int(self.epochs_without_improvement.numpy()) >= patience:
+                logger.info("early stopping: no improvement for %d epoch(s)", patience)
+                stopped_early = True
+                break
+        best = self.checkpoint_dir / BEST_WEIGHTS
+        if best.exists():
+            self.model.load_weights(str(best))
+        result = TrainingResult(self.model, int(self.epoch.numpy()), len(history), history,
+                                float(self.best_val_loss.numpy()), stopped_early, time.perf_counter() - started)
+        for callback in self.callbacks:
+            if hasattr(callback, "on_train_end"):
+                callback.on_train_end(result.summary())
+        return result
+
+
+_PREDICT_FUNCTIONS: dict[int, Any] = {}
+
+
+def predict_logits(model: keras.Model, features: np.ndarray) -> np.ndarray:
+    """``model(features)`` through one cached ``tf.function`` per model (no retracing per shape)."""
+    key = id(model)
+    if key not in _PREDICT_FUNCTIONS or _PREDICT_FUNCTIONS[key][0] is not model:
+        function = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        _PREDICT_FUNCTIONS[key] = (model, function)
+    return np.asarray(_PREDICT_FUNCTIONS[key][1](tf.convert_to_tensor(features, tf.float32)))
+
+
+def transcribe_examples(model: keras.Model, data: SplitData, alphabet: Alphabet, config: DictConfig,
+                        limit: int | None = None, batch_size: int | None = None) -> tuple[list[str], list[str]]:
+    """Greedy transcripts of the first ``limit`` examples: (references, hypotheses)."""
+    from asr.audio import pad_features
+    from asr.decoding import greedy_decode
+
+    examples = data.examples if limit is None else data.examples[:limit]
+    batch_size = batch_size or int(config.trainer.batch_size)
+    references, hypotheses = [], []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        features, lengths = pad_features([data.features_for(example.utterance) for example in chunk])
+        logits = predict_logits(model, features)
+        hypotheses += greedy_decode(logits, alphabet, models.output_lengths(lengths, config.model))
+        references += [alphabet.decode(example.labels.tolist()) for example in chunk]
+    return references, hypotheses
+
+
+def train(config: DictConfig, model: keras.Model | None = None, alphabet: Alphabet | None = None,
+          callbacks: Sequence[Callback] = ()) -> TrainingResult:
+    """Train (or fine-tune ``model``) on ``config``; see :class:`Trainer`."""
+    keras.utils.set_random_seed(int(config.seed))
+    return Trainer(config, model=model, alphabet=alphabet, callbacks=callbacks).fit()
+
+
+def config_to_yaml(config: DictConfig) -> str:
+    return OmegaConf.to_yaml(config, resolve=True)

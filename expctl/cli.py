@@ -1,0 +1,352 @@
+"""The ``expctl`` command: enqueue experiments, run the consumer daemon, inspect and steer jobs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from expctl import db, jobs, queue_file, specs
+from expctl.errors import UserError
+
+app = typer.Typer(
+    help="Queue experiments (Hydra app + overrides) and run them on this machine's GPUs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Queue database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+console = Console()
+error_console = Console(stderr=True)
+
+
+class State:
+    """Options shared by every command."""
+
+    db_url: str | None = None
+    tracking: str | None = None
+    _engine: Engine | None = None
+
+    def engine(self) -> Engine:
+        """The migrated engine, created on first use."""
+        if self._engine is None:
+            self._engine = db.create_engine(self.db_url)
+        return self._engine
+
+
+state = State()
+
+
+@app.callback()
+def _options(
+    db_url: Optional[str] = typer.Option(
+        None, "--db", envvar="EXPCTL_DB_URL",
+        help="Queue database URL (default: sqlite at queue/expctl.db under the current folder).",
+    ),
+    tracking: Optional[str] = typer.Option(
+        None, "--tracking", envvar="EXPCTL_TRACKING", help="Experiment tracker: none or mlflow."
+    ),
+) -> None:
+    state.db_url = db_url
+    state.tracking = tracking
+    state._engine = None
+
+
+def _tracker():  # noqa: ANN202 - SafeTracker
+    from expctl.tracking import get_tracker
+
+    return get_tracker(state.tracking)
+
+
+def _when(value: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value else "-"
+
+
+def _ago(value: float | None) -> str:
+    if not value:
+        return "-"
+    seconds = max(0.0, time.time() - value)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+# ---------------------------------------------------------------- enqueue
+
+
+@app.command()
+def enqueue(
+    base: Optional[str] = typer.Argument(None, help="Config name (e.g. config) or path to a YAML file."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Hydra overrides; a=1,2 sweeps."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Queue file: base|k=v|k2=v2 per line."),
+    name: Optional[str] = typer.Option(None, "--name", help="Job (or sweep) name."),
+    priority: int = typer.Option(0, "--priority", help="Higher runs first."),
+    max_attempts: int = typer.Option(3, "--max-attempts", help="Attempts before a job fails for good."),
+    app_module: str = typer.Option(specs.DEFAULT_APP, "--app", help="The Hydra app's module (python -m)."),
+    allow_duplicate: bool = typer.Option(False, "--allow-duplicate", help="Queue even if identical to an active job."),
+) -> None:
+    """Compose and queue an experiment (a sweep becomes one job per combination)."""
+    from expctl.submit import Request, submit
+
+    if file is not None and (base is not None or overrides):
+        raise UserError("give either BASE [OVERRIDES...] or --file, not both")
+    common = dict(app=specs.validate_app(app_module), priority=priority, max_attempts=max_attempts,
+                  allow_duplicate=allow_duplicate)
+    if file is not None:
+        requests = [Request(base=line.base, overrides=line.overrides, name=None, label=f"{file}, line {line.number}",
+                            **common) for line in queue_file.read(file)]
+    elif base is None:
+        raise UserError("nothing to enqueue: give BASE [OVERRIDES...] or --file FILE")
+    else:
+        requests = [Request(base=base, overrides=tuple(overrides or ()), name=name, **common)]
+    tracker = _tracker()
+    results = submit(state.engine(), requests, tracker)
+    total = sum(len(result.jobs) for result in results)
+    for result in results:
+        ids = ", ".join(str(job.id) for job in result.jobs)
+        where = f"{result.request.label}: " if result.request.label else ""
+        if result.sweep_id is not None:
+            console.print(f"{where}sweep {result.sweep_id}: queued {len(result.jobs)} jobs ({ids})")
+        else:
+            console.print(f"{where}queued job {ids}: {result.jobs[0].name}")
+    if file is not None:
+        console.print(f"{total} job(s) queued from {file}")
+
+
+# ---------------------------------------------------------------- consume
+
+
+@app.command()
+def consume(
+    gpus: str = typer.Option(..., "--gpus", help="GPUs this daemon owns: 0-7, 0,2,5, all or none."),
+    until_empty: bool = typer.Option(False, "--until-empty", help="Exit when nothing is queued or running."),
+    once: bool = typer.Option(False, "--once", help="Run one job, then exit."),
+    lease: float = typer.Option(60.0, "--lease", help="Seconds a job stays ours without a heartbeat."),
+    poll: float = typer.Option(0.05, "--poll", help="Seconds between cheap checks for new jobs."),
+    drain: bool = typer.Option(False, "--drain", help="On SIGTERM/SIGINT let the running job finish."),
+    workdir: Optional[Path] = typer.Option(
+        None, "--workdir", envvar="EXPCTL_WORKDIR", help="Folder holding experiments/<job> (default: here)."
+    ),
+    grace: float = typer.Option(10.0, "--grace", help="Seconds between SIGTERM and SIGKILL when stopping a job."),
+    backoff: float = typer.Option(jobs.DEFAULT_BACKOFF_S, "--backoff", envvar="EXPCTL_BACKOFF",
+                                  help="Base seconds of the exponential backoff before a retry."),
+) -> None:
+    """Run queued jobs one at a time on the given GPUs (the daemon)."""
+    from expctl.daemon import Daemon, DaemonOptions
+    from expctl.gpus import parse_gpu_spec
+
+    indices = parse_gpu_spec(gpus)
+    folder = (workdir or Path.cwd()).resolve()
+    if not folder.is_dir():
+        raise UserError(f"--workdir {str(folder)!r} is not a folder")
+    options = DaemonOptions(gpus=indices, until_empty=until_empty, once=once, lease_s=lease, poll_s=poll,
+                            drain=drain, workdir=folder, grace_s=grace, backoff_s=backoff)
+    _log_to_stderr()
+    daemon = Daemon(state.engine(), options, _tracker())
+    raise typer.Exit(daemon.run())
+
+
+def _log_to_stderr() -> None:
+    """The daemon's own messages (logger ``expctl``) go to stderr; other libraries stay quiet."""
+    logger = logging.getLogger("expctl")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s expctl: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+# ---------------------------------------------------------------- inspect
+
+
+_STATUS_STYLE = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
+
+
+@app.command("list")
+def list_command(
+    status: Optional[str] = typer.Option(None, "--status", help="queued, running, succeeded, failed, cancelled."),
+    sweep: Optional[int] = typer.Option(None, "--sweep", help="Only this sweep's jobs."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the newest N jobs."),
+) -> None:
+    """List jobs."""
+    found = jobs.list_jobs(state.engine(), status=status, sweep_id=sweep, limit=limit)
+    table = Table(title=f"{len(found)} job(s)")
+    for column in ("id", "status", "name", "attempt", "sweep", "prio", "worker", "updated", "reason"):
+        table.add_column(column, overflow="fold")
+    for job in found:
+        style = _STATUS_STYLE.get(job.status, "")
+        table.add_row(
+            str(job.id), f"[{style}]{job.status}[/]" if style else job.status, job.name,
+            f"{job.attempts_used}/{job.max_attempts}", str(job.sweep_id or "-"), str(job.priority),
+            job.worker_id or "-", _ago(job.updated_at), job.end_reason or "",
+        )
+    console.print(table)
+
+
+@app.command()
+def show(job_id: int = typer.Argument(..., help="Job id.")) -> None:
+    """Show a job: spec, state, tracking run, frozen config and history."""
+    engine = state.engine()
+    job = jobs.get_job(engine, job_id)
+    history = jobs.events(engine, job_id)
+    details = Table(show_header=False, title=f"job {job.id}")
+    details.add_column("field", style="bold")
+    details.add_column("value", overflow="fold")
+    rows = [
+        ("name", job.name), ("status", job.status), ("reason", job.end_reason or "-"),
+        ("app", job.app), ("base", job.base), ("overrides", " ".join(job.override_list) or "-"),
+        ("sweep", str(job.sweep_id or "-")), ("priority", str(job.priority)),
+        ("attempt", f"{job.attempts_used} of {job.max_attempts} (claims: {job.attempt})"),
+        ("worker", job.worker_id or "-"), ("GPUs", job.gpus or "-"),
+        ("exit code", "-" if job.exit_code is None else jobs.describe_exit(job.exit_code)),
+        ("created", _when(job.created_at)), ("started", _when(job.started_at)), ("finished", _when(job.finished_at)),
+        ("config hash", job.config_hash[:16]),
+        ("tracking run", job.tracking_run_id or "-"),
+    ]
+    if job.tracking_uri:
+        rows.append(("tracking URI", job.tracking_uri))
+    if job.status == jobs.QUEUED and job.not_before > time.time():
+        rows.append(("not before", _when(job.not_before)))
+    for field_name, value in rows:
+        details.add_row(field_name, value)
+    console.print(details)
+    console.rule("frozen config")
+    console.print(job.config_yaml.rstrip(), markup=False, highlight=False)
+    events_table = Table(title="events")
+    for column in ("time", "event", "attempt", "worker", "message"):
+        events_table.add_column(column, overflow="fold")
+    for event in history:
+        events_table.add_row(_when(event["time"]), event["kind"], str(event["attempt"] or "-"),
+                             event["worker_id"] or "-", event["message"])
+    console.print(events_table)
+
+
+def _log_path(job: jobs.Job) -> Path:
+    import os
+
+    workdir = Path(os.environ.get("EXPCTL_WORKDIR") or Path.cwd())
+    return workdir / "experiments" / str(job.id) / "job.log"
+
+
+@app.command()
+def logs(
+    job_id: int = typer.Argument(..., help="Job id."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends."),
+) -> None:
+    """Print a job's log (experiments/<id>/job.log under the daemon's workdir)."""
+    engine = state.engine()
+    job = jobs.get_job(engine, job_id)
+    path = _log_path(job)
+    if not path.exists() and not follow:
+        raise UserError(f"job {job_id} has no log at {path} ({job.status}; is EXPCTL_WORKDIR the daemon's?)")
+    position = 0
+    next_check = 0.0
+    try:
+        while True:
+            if path.exists():
+                with open(path, "rb") as log:
+                    log.seek(position)
+                    chunk = log.read()
+                    position += len(chunk)
+                if chunk:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+            if not follow:
+                return
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + 1.0
+                if jobs.get_job(engine, job_id).status in (jobs.SUCCEEDED, jobs.FAILED, jobs.CANCELLED):
+                    follow = False  # one more read picks up the tail
+                    continue
+            time.sleep(0.25)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def cancel(
+    job_id: Optional[int] = typer.Argument(None, help="Job id."),
+    sweep: Optional[int] = typer.Option(None, "--sweep", help="Cancel every active job of this sweep."),
+) -> None:
+    """Cancel a queued job, or stop a running one (its daemon kills the child)."""
+    engine = state.engine()
+    if (job_id is None) == (sweep is None):
+        raise UserError("give either a job ID or --sweep ID")
+    if sweep is not None:
+        counts = jobs.cancel_sweep(engine, sweep)
+        summary = ", ".join(f"{count} {what}" for what, count in counts.items()) or "nothing active"
+        console.print(f"sweep {sweep}: {summary}")
+    else:
+        console.print(f"job {job_id}: {jobs.cancel(engine, job_id)}")
+
+
+@app.command()
+def retry(
+    job_id: Optional[int] = typer.Argument(None, help="Job id."),
+    sweep: Optional[int] = typer.Option(None, "--sweep", help="Retry this sweep's failed/cancelled jobs."),
+    failed_only: bool = typer.Option(False, "--failed-only", help="With --sweep: only failed jobs."),
+) -> None:
+    """Queue a failed or cancelled job again (fresh attempt budget)."""
+    engine = state.engine()
+    if (job_id is None) == (sweep is None):
+        raise UserError("give either a job ID or --sweep ID")
+    if sweep is not None:
+        count = jobs.retry_sweep(engine, sweep, failed_only=failed_only)
+        console.print(f"sweep {sweep}: {count} job(s) queued again")
+    else:
+        jobs.retry(engine, job_id)
+        console.print(f"job {job_id}: queued again")
+
+
+@app.command()
+def workers(all_workers: bool = typer.Option(False, "--all", help="Include stopped daemons.")) -> None:
+    """List consumer daemons."""
+    found = jobs.list_workers(state.engine(), include_stopped=True)
+    if not all_workers:
+        found = [worker for worker in found if worker["status"] != "stopped"]
+    table = Table(title=f"{len(found)} worker(s)")
+    for column in ("worker", "status", "host", "pid", "GPUs", "job", "started", "last heartbeat"):
+        table.add_column(column, overflow="fold")
+    for worker in found:
+        table.add_row(worker["id"], worker["status"], worker["host"], str(worker["pid"]), worker["gpus"],
+                      str(worker["current_job_id"] or "-"), _when(worker["started_at"]), _ago(worker["heartbeat_at"]))
+    console.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the queue database's pending migrations."""
+    engine = db.create_engine(state.db_url, migrate=False)
+    head = db.upgrade(engine)
+    console.print(f"queue database at revision {head}")
+
+
+def main() -> None:
+    """Console-script entry point: user mistakes become one ``error:`` line and exit status 2."""
+    try:
+        app()
+    except UserError as error:
+        error_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except SQLAlchemyError as error:
+        message = str(getattr(error, "orig", None) or error).strip().splitlines()
+        error_console.print(f"error: database: {message[0] if message else type(error).__name__}",
+                            markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""The consumer daemon: lock GPUs, claim one job at a time, run it, record how it ended.
+
+Single-threaded on purpose: the heartbeat runs in the main loop while the child runs, so the
+shepherd is always forked from the main thread (``PR_SET_PDEATHSIG`` follows the forking thread)
+and never from a process with other threads. Idle polling is cheap: SQLite's
+``PRAGMA data_version`` (changes only when another connection commits) or PostgreSQL's
+LISTEN/NOTIFY; a real claim is tried only when something changed, or every ``SAFETY_CLAIM_S``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from expctl import child as child_process
+from expctl import jobs
+from expctl.gpus import GpuLocks, format_gpus
+from expctl.tracking import SafeTracker, get_tracker
+
+logger = logging.getLogger("expctl.daemon")
+
+SAFETY_CLAIM_S = 1.0  # try a claim at least this often even when nothing seems to change
+MAX_HEARTBEAT_S = 2.0
+
+
+@dataclass
+class DaemonOptions:
+    """What ``expctl consume`` was asked to do."""
+
+    gpus: list[int] = field(default_factory=list)
+    until_empty: bool = False
+    once: bool = False
+    lease_s: float = 60.0
+    poll_s: float = 0.05
+    drain: bool = False
+    workdir: Path = field(default_factory=Path.cwd)
+    grace_s: float = 10.0
+    backoff_s: float = jobs.DEFAULT_BACKOFF_S
+
+    def validate(self) -> None:
+        """Refuse nonsense values."""
+        from expctl.errors import UserError
+
+        if self.lease_s < 1.0:
+            raise UserError(f"--lease must be at least 1 second, not {self.lease_s:g}")
+        if not 0.001 <= self.poll_s <= 60:
+            raise UserError(f"--poll must be between 0.001 and 60 seconds, not {self.poll_s:g}")
+        if self.grace_s < 0 or self.backoff_s < 0:
+            raise UserError("--grace and --backoff must not be negative")
+
+
+class ChangeWatcher:
+    """Tells cheaply whether the queue may have changed since the last look."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._raw: Any = None
+        self._last: Any = None
+        self._listening = False
+        try:
+            self._raw = engine.raw_connection()
+            if engine.dialect.name == "sqlite":
+                self._last = self._data_version()
+            elif engine.dialect.name == "postgresql":
+                driver = self._raw.driver_connection
+                driver.rollback()
+                driver.autocommit = True
+                driver.execute(f"LISTEN {jobs.NOTIFY_CHANNEL}")
+                self._listening = True
+        except Exception as error:  # noqa: BLE001 - polling still works without a watcher
+            logger.warning("change watcher unavailable (%s); polling by claiming", error)
+            self.close()
+
+    def _data_version(self) -> int:
+        cursor = self._raw.cursor()
+        try:
+            cursor.execute("PRAGMA data_version")
+            return int(cursor.fetchone()[0])
+        finally:
+            cursor.close()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; True if the queue may have changed."""
+        if self._raw is None:
+            time.sleep(timeout)
+            return True
+        try:
+            if self._listening:
+                driver = self._raw.driver_connection
+                return any(True for _ in driver.notifies(timeout=timeout, stop_after=1))
+            time.sleep(timeout)
+            version = self._data_version()
+            changed = version != self._last
+            self._last = version
+            return changed
+        except Exception as error:  # noqa: BLE001
+            logger.warning("change watcher failed (%s); polling by claiming", error)
+            self.close()
+            return True
+
+    def close(self) -> None:
+        """Give the connection back."""
+        if self._raw is not None:
+            try:
+                if self._listening:
+                    self._raw.driver_connection.execute(f"UNLISTEN {jobs.NOTIFY_CHANNEL}")
+                    self._raw.driver_connection.autocommit = False
+                self._raw.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self._raw = None
+        self._listening = False
+
+
+class Daemon:
+    """One consumer: ``run()`` returns when stopped, or when the queue is empty with --until-empty."""
+
+    def __init__(self, engine: Engine, options: DaemonOptions, tracker: SafeTracker | None = None) -> None:
+        options.validate()
+        self.engine = engine
+        self.options = options
+        self.tracker = tracker or get_tracker("none")
+        self.host = socket.gethostname()
+        self.worker_id = f"{self.host}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.gpu_text = format_gpus(options.gpus)
+        self.locks = GpuLocks(options.gpus)
+        self.signals_received = 0
+        self.jobs_run = 0
+        self._next_reap = 0.0
+        self._next_touch = 0.0
+
+    # -------------------------------------------------------------- signals
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signals_received += 1
+        logger.info("got %s: %s", signal.Signals(signum).name,
+                    "stopping" if self.signals_received == 1 else "stopping now")
+
+    @property
+    def stopping(self) -> bool:
+        """Asked to stop claiming."""
+        return self.signals_received > 0
+
+    @property
+    def stop_child(self) -> bool:
+        """Asked to stop the running child too (at once, or on a second signal with --drain)."""
+        return self.signals_received > (1 if self.options.drain else 0)
+
+    # -------------------------------------------------------------- main loop
+
+    def run(self) -> int:
+        """Consume jobs; the exit status for the CLI."""
+        self.locks.acquire()
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+        watcher: ChangeWatcher | None = None
+        try:
+            jobs.register_worker(self.engine, self.worker_id, self.host, os.getpid(), self.gpu_text or "none")
+            logger.info("worker %s started (GPUs %s)", self.worker_id, self.gpu_text or "none")
+            watcher = ChangeWatcher(self.engine)
+            try_claim = True
+            last_claim_try = 0.0
+            while not self.stopping:
+                self._periodic()
+                current = time.monotonic()
+                if try_claim or current - last_claim_try >= SAFETY_CLAIM_S:
+                    last_claim_try = current
+                    job = self._claim()
+                    if job is not None:
+                        self._run_job(job)
+                        self.jobs_run += 1
+                        if self.options.once:
+                            break
+                        continue
+                    if self.options.until_empty and not jobs.has_unfinished(self.engine):
+                        logger.info("queue empty: exiting")
+                        break
+                try_claim = watcher.wait(self.options.poll_s)
+        finally:
+            if watcher is not None:
+                watcher.close()
+            try:
+                jobs.stop_worker(self.engine, self.worker_id)
+            except SQLAlchemyError as error:
+                logger.warning("could not record the worker's exit: %s", error)
+            self.locks.release()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        logger.info("worker %s stopped after %d job(s)", self.worker_id, self.jobs_run)
+        return 0
+
+    def _claim(self) -> jobs.Job | None:
+        try:
+            return jobs.claim(self.engine, self.worker_id, self.gpu_text, self.options.lease_s)
+        except SQLAlchemyError as error:
+            logger.warning("claim failed (will retry): %s", _first_line(error))
+            return None
+
+    def _periodic(self) -> None:
+        current = time.monotonic()
+        if current >= self._next_reap:
+            self._next_reap = current + max(0.5, min(self.options.lease_s / 2, 10.0))
+            try:
+                for job, outcome in jobs.requeue_expired(self.engine, self.worker_id):
+                    logger.info("job %d: %s", job.id, outcome.reason)
+                    if outcome.status == jobs.QUEUED:
+                        self.tracker.on_requeue(job, outcome.reason)
+                    else:
+                        self.tracker.on_finish(job, outcome.status, outcome.reason, None)
+            except SQLAlchemyError as error:
+                logger.warning("requeueing expired jobs failed: %s", _first_line(error))
+        if current >= self._next_touch:
+            self._next_touch = current + 10.0
+            try:
+                jobs.touch_worker(self.engine, self.worker_id)
+            except SQLAlchemyError as error:
+                logger.warning("worker heartbeat failed: %s", _first_line(error))
+
+    # -------------------------------------------------------------- one job
+
+    def job_dir(self, job: jobs.Job) -> Path:
+        """``<workdir>/experiments/<job id>``."""
+        return self.options.workdir / "experiments" / str(job.id)
+
+    def child_command(self, job: jobs.Job) -> list[str]:
+        """The app's command line: its frozen config, Hydra's run dir set to the job's folder."""
+        folder = self.job_dir(job)
+        return [
+            sys.executable, "-m", job.app,
+            "--config-path", str(folder.resolve()), "--config-name", "config",
+            f"hydra.run.dir=experiments/{job.id}",
+        ]
+
+    def child_env(self, job: jobs.Job) -> dict[str, str]:
+        """The daemon's environment plus the job's GPUs, identity and resume flag."""
+        env = dict(os.environ)
+        env.update(
+            CUDA_VISIBLE_DEVICES=self.gpu_text,
+            CUDA_DEVICE_ORDER="PCI_BUS_ID",
+            EXPCTL_JOB_ID=str(job.id),
+            EXPCTL_ATTEMPT=str(job.attempt),
+            EXPCTL_WORKER_ID=self.worker_id,
+            EXPCTL_RESUME="1" if job.attempt > 1 else "0",
+        )
+        env.update(self.tracker.child_env(job))
+        return env
+
+    def _write_log(self, path: Path, line: str) -> None:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"=== expctl {time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    def _run_job(self, job: jobs.Job) -> None:
+        folder = self.job_dir(job)
+        log_path = folder / "job.log"
+        logger.info("job %d (%s): attempt %d", job.id, job.name, job.attempt)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            temporary = folder / f".config.yaml.{os.getpid()}"
+            temporary.write_text(job.config_yaml, encoding="utf-8")
+            os.replace(temporary, folder / "config.yaml")
+            self._write_log(log_path, f"job {job.id} attempt {job.attempt} on {self.worker_id}, "
+                                      f"GPUs {self.gpu_text or 'none'}")
+        except OSError as error:
+            logger.error("job %d: cannot prepare %s: %s", job.id, folder, error)
+            self._finish(job, 1, cancelled=False, log_path=None)
+            return
+        self.tracker.on_claim(job)
+        child = child_process.start(
+            self.child_command(job), env=self.child_env(job), cwd=self.options.workdir,
+            log_path=log_path, death_grace_s=min(self.options.grace_s, 5.0),
+        )
+        self._supervise(job, child, log_path)
+
+    def _supervise(self, job: jobs.Job, child: child_process.Child, log_path: Path) -> None:
+        beat_s = max(0.2, min(self.options.lease_s / 3, MAX_HEARTBEAT_S))
+        next_beat = time.monotonic() + beat_s
+        cancelled = False
+        while True:
+            code = child.wait(max(0.0, min(0.2, next_beat - time.monotonic())))
+            if code is not None:
+                break
+            if self.stop_child:
+                code = child.terminate(self.options.grace_s)
+                reason = f"daemon {self.worker_id} stopped ({jobs.describe_exit(code)})"
+                self._write_log(log_path, reason)
+                if self._guarded(lambda: jobs.requeue_own(self.engine, job, self.worker_id, reason)):
+                    logger.info("job %d: requeued", job.id)
+                    self.tracker.on_requeue(job, reason)
+                return
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + beat_s
+                beat = self._guarded(lambda: jobs.heartbeat(self.engine, job, self.worker_id, self.options.lease_s))
+                if beat is None:
+                    continue  # the database is unreachable: keep the child, try again
+                if not beat.won:
+                    code = child.terminate(self.options.grace_s)
+                    logger.warning("job %d: lease lost to another worker; child stopped", job.id)
+                    self._write_log(log_path, f"lease lost; child stopped ({jobs.describe_exit(code)})")
+                    return
+                if beat.cancel_requested:
+                    cancelled = True
+                    code = child.terminate(self.options.grace_s)
+                    break
+        self._finish(job, code, cancelled=cancelled, log_path=log_path)
+
+    def _finish(self, job: jobs.Job, code: int, *, cancelled: bool, log_path: Path | None) -> None:
+        outcome = None
+        for _ in range(30):  # a finish must not be lost to a busy database
+            try:
+                outcome = jobs.finish(self.engine, job, self.worker_id, code, cancelled=cancelled,
+                                      backoff_base_s=self.options.backoff_s)
+                break
+            except SQLAlchemyError as error:
+                logger.warning("job %d: recording its end failed (retrying): %s", job.id, _first_line(error))
+                time.sleep(1.0)
+        if outcome is None:
+            logger.warning("job %d: no longer ours (lease lost); its end was not recorded", job.id)
+            return
+        logger.info("job %d: %s", job.id, outcome.reason)
+        if log_path is not None:
+            self._write_log(log_path, outcome.reason)
+        if outcome.status == jobs.QUEUED:
+            self.tracker.on_requeue(job, outcome.reason)
+        else:
+            self.tracker.on_finish(job, outcome.status, outcome.reason, str(log_path) if log_path else None)
+
+    def _guarded(self, action: Any) -> Any:
+        try:
+            return action()
+        except SQLAlchemyError as error:
+            logger.warning("database error (will retry): %s", _first_line(error))
+            return None
+
+
+def _first_line(error: BaseException) -> str:
+    message = str(getattr(error, "orig", None) or error).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+

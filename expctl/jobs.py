@@ -1,0 +1,660 @@
+"""The job state machine: enqueue, claim, heartbeat, finish, requeue, cancel, retry.
+
+Each operation is one tiny transaction (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: row locks, the
+claim with ``FOR UPDATE SKIP LOCKED``). Every change after a claim is fenced by
+``id, attempt, worker_id, status='running'`` and reports whether it won, so a daemon that lost
+its lease can never overwrite what the next attempt does.
+
+    queued ──claim──► running ──exit 0──► succeeded
+      ▲                 │ ├──exit 2 / attempts used up──► failed
+      └──retry/backoff──┘ ├──cancel──► cancelled
+      └──lease expired / daemon stopped (requeue)
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import and_, func, insert, select, text, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from expctl.db import read_connection
+from expctl.errors import UserError
+from expctl.schema import (
+    ACTIVE_STATUSES,
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    STATUSES,
+    SUCCEEDED,
+    job_events,
+    jobs,
+    sweeps,
+    workers,
+)
+
+NOTIFY_CHANNEL = "expctl_jobs"
+EXIT_CODE_NEVER_RETRY = 2
+DEFAULT_BACKOFF_S = 10.0
+MAX_BACKOFF_S = 600.0
+STALE_WORKER_S = 600.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of one ``jobs`` row."""
+
+    id: int
+    name: str
+    app: str
+    base: str
+    overrides: str
+    config_yaml: str
+    config_hash: str
+    dedup_key: str | None
+    sweep_id: int | None
+    priority: int
+    status: str
+    attempt: int
+    attempts_base: int
+    max_attempts: int
+    worker_id: str | None
+    gpus: str | None
+    lease_expires_at: float | None
+    not_before: float
+    cancel_requested: bool
+    exit_code: int | None
+    end_reason: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+    tracking_run_id: str | None
+    tracking_uri: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Job":
+        """Build from a SQLAlchemy row (mapping of all columns)."""
+        mapping = row._mapping
+        return cls(**{field.name: mapping[field.name] for field in fields(cls)})
+
+    @property
+    def override_list(self) -> list[str]:
+        """The job's overrides as a list."""
+        return list(json.loads(self.overrides))
+
+    @property
+    def attempts_used(self) -> int:
+        """Attempts charged against ``max_attempts`` since the job was (re)queued by a user."""
+        return self.attempt - self.attempts_base
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What enqueue inserts; ``label`` names it in errors (e.g. ``line 3``)."""
+
+    app: str
+    base: str
+    overrides: Sequence[str]
+    config_yaml: str
+    config_hash: str
+    name: str
+    priority: int = 0
+    max_attempts: int = 3
+    allow_duplicate: bool = False
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class NewSweep:
+    """A sweep: the spec as typed, before expansion."""
+
+    app: str
+    base: str
+    overrides: Sequence[str]
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Result of a heartbeat: did the lease still belong to us, and was a cancel requested."""
+
+    won: bool
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended: the job's new status and why."""
+
+    status: str
+    reason: str
+    retry_in: float | None = None
+
+
+def now() -> float:
+    """UTC epoch seconds."""
+    return time.time()
+
+
+def _is_postgres(connection: Connection) -> bool:
+    return connection.dialect.name == "postgresql"
+
+
+def _notify(connection: Connection) -> None:
+    """Wake PostgreSQL daemons waiting on LISTEN (delivered at commit)."""
+    if _is_postgres(connection):
+        connection.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+
+def add_event(
+    connection: Connection, job_id: int, kind: str, message: str = "", *,
+    attempt: int | None = None, worker_id: str | None = None, at: float | None = None,
+) -> None:
+    """Append to the job's history."""
+    connection.execute(
+        insert(job_events).values(
+            job_id=job_id, time=at if at is not None else now(), kind=kind,
+            attempt=attempt, worker_id=worker_id, message=message,
+        )
+    )
+
+
+def _fence(job: Job, worker_id: str) -> Any:
+    return and_(
+        jobs.c.id == job.id,
+        jobs.c.attempt == job.attempt,
+        jobs.c.worker_id == worker_id,
+        jobs.c.status == RUNNING,
+    )
+
+
+# ---------------------------------------------------------------- enqueue
+
+
+def _active_duplicates(connection: Connection, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
+    keys = [key for key in keys if key]
+    found: dict[str, tuple[int, str]] = {}
+    for start in range(0, len(keys), 500):
+        rows = connection.execute(
+            select(jobs.c.dedup_key, jobs.c.id, jobs.c.status).where(
+                jobs.c.dedup_key.in_(keys[start:start + 500]), jobs.c.status.in_(ACTIVE_STATUSES)
+            )
+        )
+        for key, job_id, status in rows:
+            found[key] = (job_id, status)
+    return found
+
+
+def _duplicate_error(item: NewJob, other_id: int, other_status: str) -> UserError:
+    where = f"{item.label}: " if item.label else ""
+    return UserError(
+        f"{where}{item.name!r} duplicates job {other_id} ({other_status}, same app and config); "
+        "use --allow-duplicate to queue it anyway"
+    )
+
+
+def enqueue(engine: Engine, items: Sequence[NewJob], sweep: NewSweep | None = None) -> list[Job]:
+    """Insert ``items`` (and their sweep) in one transaction: all or none."""
+    return enqueue_batches(engine, [(items, sweep)])[0][0]
+
+
+def enqueue_batches(
+    engine: Engine, batches: Sequence[tuple[Sequence[NewJob], NewSweep | None]]
+) -> list[tuple[list[Job], int | None]]:
+    """Insert several groups of jobs (each with an optional sweep) in ONE transaction: all or none."""
+    all_items = [item for items, _sweep in batches for item in items]
+    if not all_items:
+        raise UserError("nothing to enqueue")
+    seen: dict[str, NewJob] = {}
+    for item in all_items:
+        if item.max_attempts < 1:
+            raise UserError(f"--max-attempts must be at least 1, not {item.max_attempts}")
+        if not item.allow_duplicate:
+            if item.config_hash in seen:
+                first = seen[item.config_hash]
+                where = f"{item.label}: " if item.label else ""
+                raise UserError(f"{where}{item.name!r} has the same config as "
+                                f"{first.label or repr(first.name)}; use --allow-duplicate to queue both")
+            seen[item.config_hash] = item
+    results: list[tuple[list[Job], int | None]] = []
+    try:
+        with engine.begin() as connection:
+            duplicates = _active_duplicates(connection, seen)
+            for item in all_items:
+                if not item.allow_duplicate and item.config_hash in duplicates:
+                    raise _duplicate_error(item, *duplicates[item.config_hash])
+            at = now()
+            for items, sweep in batches:
+                sweep_id = None
+                if sweep is not None:
+                    sweep_id = connection.execute(
+                        insert(sweeps).values(
+                            name=sweep.name, app=sweep.app, base=sweep.base,
+                            overrides=json.dumps(list(sweep.overrides)), created_at=at,
+                        ).returning(sweeps.c.id)
+                    ).scalar_one()
+                created: list[Job] = []
+                for item in items:
+                    row = connection.execute(
+                        insert(jobs).values(
+                            name=item.name, app=item.app, base=item.base,
+                            overrides=json.dumps(list(item.overrides)), config_yaml=item.config_yaml,
+                            config_hash=item.config_hash,
+                            dedup_key=None if item.allow_duplicate else item.config_hash,
+                            sweep_id=sweep_id, priority=item.priority, status=QUEUED, attempt=0,
+                            attempts_base=0, max_attempts=item.max_attempts, not_before=0.0,
+                            cancel_requested=False, created_at=at, updated_at=at,
+                        ).returning(*jobs.c)
+                    ).one()
+                    job = Job.from_row(row)
+                    message = f"priority {item.priority}" + (f", sweep {sweep_id}" if sweep_id else "")
+                    add_event(connection, job.id, "enqueued", message, at=at)
+                    created.append(job)
+                results.append((created, sweep_id))
+            _notify(connection)
+    except IntegrityError:
+        # Lost a race with another enqueue (PostgreSQL): name the other job.
+        with read_connection(engine) as connection:
+            duplicates = _active_duplicates(connection, seen)
+        for item in all_items:
+            if item.config_hash in duplicates and not item.allow_duplicate:
+                raise _duplicate_error(item, *duplicates[item.config_hash]) from None
+        raise
+    return results
+
+
+def set_tracking(engine: Engine, job_id: int, run_id: str | None, uri: str | None) -> None:
+    """Store the tracker's run id (and address) on the job."""
+    with engine.begin() as connection:
+        connection.execute(
+            update(jobs).where(jobs.c.id == job_id).values(tracking_run_id=run_id, tracking_uri=uri)
+        )
+
+
+# ---------------------------------------------------------------- the daemon's side
+
+
+def claim(engine: Engine, worker_id: str, gpus: str, lease_s: float) -> Job | None:
+    """Atomically take the best claimable job (priority, then age), or None."""
+    at = now()
+    pick = jobs.alias("pick")  # an alias, so the subquery is never correlated with the UPDATE
+    candidate = (
+        select(pick.c.id)
+        .where(pick.c.status == QUEUED, pick.c.not_before <= at)
+        .order_by(pick.c.priority.desc(), pick.c.id)
+        .limit(1)
+    )
+    with engine.begin() as connection:
+        if _is_postgres(connection):
+            candidate = candidate.with_for_update(skip_locked=True)
+        row = connection.execute(
+            update(jobs)
+            .where(jobs.c.id == candidate.scalar_subquery(), jobs.c.status == QUEUED)
+            .values(
+                status=RUNNING, worker_id=worker_id, gpus=gpus, attempt=jobs.c.attempt + 1,
+                lease_expires_at=at + lease_s, started_at=at, updated_at=at,
+                cancel_requested=False, exit_code=None, end_reason=None,
+            )
+            .returning(*jobs.c)
+        ).one_or_none()
+        if row is None:
+            return None
+        job = Job.from_row(row)
+        add_event(
+            connection, job.id, "claimed",
+            f"attempt {job.attempts_used} of {job.max_attempts}, GPUs {gpus or 'none'}",
+            attempt=job.attempt, worker_id=worker_id, at=at,
+        )
+        connection.execute(
+            update(workers).where(workers.c.id == worker_id).values(current_job_id=job.id, heartbeat_at=at)
+        )
+    return job
+
+
+def heartbeat(engine: Engine, job: Job, worker_id: str, lease_s: float) -> Heartbeat:
+    """Extend the job's lease (fenced); report whether we still own it and whether to cancel."""
+    at = now()
+    with engine.begin() as connection:
+        row = connection.execute(
+            update(jobs).where(_fence(job, worker_id))
+            .values(lease_expires_at=at + lease_s, updated_at=at)
+            .returning(jobs.c.cancel_requested)
+        ).one_or_none()
+        connection.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=at))
+    if row is None:
+        return Heartbeat(won=False, cancel_requested=False)
+    return Heartbeat(won=True, cancel_requested=bool(row[0]))
+
+
+def describe_exit(returncode: int) -> str:
+    """``exit code N`` or ``killed by signal N (SIGNAME)`` for a Popen return code."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    number = -returncode
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = "unknown"
+    return f"killed by signal {number} ({name})"
+
+
+def backoff_s(attempts_used: int, base_s: float) -> float:
+    """Exponential backoff before retry number ``attempts_used``."""
+    return min(base_s * (2 ** max(0, attempts_used - 1)), MAX_BACKOFF_S)
+
+
+def finish(
+    engine: Engine, job: Job, worker_id: str, returncode: int, *,
+    cancelled: bool = False, backoff_base_s: float = DEFAULT_BACKOFF_S,
+) -> Outcome | None:
+    """Record how the attempt ended (fenced): succeeded, failed, cancelled, or queued for a retry.
+
+    Returns None when the job no longer belongs to this worker and attempt (nothing written).
+    """
+    at = now()
+    with engine.begin() as connection:
+        query = select(jobs).where(_fence(job, worker_id))
+        if _is_postgres(connection):
+            query = query.with_for_update()
+        row = connection.execute(query).one_or_none()
+        if row is None:
+            add_event(connection, job.id, "fenced", f"stale finish ({describe_exit(returncode)}) ignored",
+                      attempt=job.attempt, worker_id=worker_id, at=at)
+            return None
+        current = Job.from_row(row)
+        values: dict[str, Any] = {"exit_code": returncode, "updated_at": at, "lease_expires_at": None}
+        if cancelled:
+            outcome = Outcome(CANCELLED, f"cancelled while running ({describe_exit(returncode)})")
+        elif returncode == 0:
+            outcome = Outcome(SUCCEEDED, "succeeded")
+        elif returncode == EXIT_CODE_NEVER_RETRY:
+            outcome = Outcome(FAILED, "failed: exit code 2 (bad configuration or data; not retried)")
+        elif current.attempts_used < current.max_attempts:
+            delay = backoff_s(current.attempts_used, backoff_base_s)
+            outcome = Outcome(QUEUED, f"{describe_exit(returncode)}; retry in {delay:g} s", retry_in=delay)
+        else:
+            outcome = Outcome(FAILED, f"failed: {describe_exit(returncode)} after {current.attempts_used} attempts")
+        values["status"] = outcome.status
+        if outcome.status == QUEUED:
+            values.update(not_before=at + (outcome.retry_in or 0.0), worker_id=None)
+        else:
+            values.update(end_reason=outcome.reason, finished_at=at)
+        connection.execute(update(jobs).where(_fence(job, worker_id)).values(**values))
+        add_event(connection, job.id, "retry" if outcome.status == QUEUED else outcome.status, outcome.reason,
+                  attempt=job.attempt, worker_id=worker_id, at=at)
+        connection.execute(update(workers).where(workers.c.id == worker_id).values(current_job_id=None))
+        if outcome.status == QUEUED:
+            _notify(connection)
+    return outcome
+
+
+def requeue_own(engine: Engine, job: Job, worker_id: str, reason: str) -> bool:
+    """Put our running job back (daemon stopping); the attempt is not charged. Fenced."""
+    at = now()
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(jobs).where(_fence(job, worker_id)).values(
+                status=QUEUED, worker_id=None, lease_expires_at=None, not_before=at, updated_at=at,
+                attempts_base=jobs.c.attempts_base + 1,
+            )
+        )
+        won = result.rowcount == 1
+        add_event(connection, job.id, "requeued" if won else "fenced",
+                  f"{reason} (attempt not charged)" if won else f"stale requeue ignored: {reason}",
+                  attempt=job.attempt, worker_id=worker_id, at=at)
+        connection.execute(update(workers).where(workers.c.id == worker_id).values(current_job_id=None))
+        if won:
+            _notify(connection)
+    return won
+
+
+def requeue_expired(engine: Engine, worker_id: str | None = None) -> list[tuple[Job, Outcome]]:
+    """Put back running jobs whose lease expired (their daemon died); fail those out of attempts."""
+    at = now()
+    done: list[tuple[Job, Outcome]] = []
+    with engine.begin() as connection:
+        query = select(jobs).where(jobs.c.status == RUNNING, jobs.c.lease_expires_at < at)
+        if _is_postgres(connection):
+            query = query.with_for_update(skip_locked=True)
+        for row in connection.execute(query).all():
+            job = Job.from_row(row)
+            since = at - (job.lease_expires_at or at)
+            if job.attempts_used >= job.max_attempts:
+                outcome = Outcome(FAILED, f"lost: worker {job.worker_id} stopped heartbeating "
+                                          f"(lease expired {since:.0f} s ago); no attempts left")
+                values: dict[str, Any] = {"status": FAILED, "end_reason": outcome.reason, "finished_at": at}
+            else:
+                outcome = Outcome(QUEUED, f"lost: worker {job.worker_id} stopped heartbeating "
+                                          f"(lease expired {since:.0f} s ago); requeued")
+                values = {"status": QUEUED, "not_before": at, "worker_id": None}
+            values.update(lease_expires_at=None, updated_at=at)
+            guard = and_(jobs.c.id == job.id, jobs.c.attempt == job.attempt, jobs.c.status == RUNNING)
+            if connection.execute(update(jobs).where(guard).values(**values)).rowcount == 1:
+                add_event(connection, job.id, "lost", outcome.reason, attempt=job.attempt, worker_id=worker_id, at=at)
+                if job.worker_id:
+                    connection.execute(
+                        update(workers).where(workers.c.id == job.worker_id, workers.c.status == RUNNING)
+                        .values(status="lost", current_job_id=None)
+                    )
+                done.append((job, outcome))
+        connection.execute(
+            update(workers).where(workers.c.status == RUNNING, workers.c.heartbeat_at < at - STALE_WORKER_S)
+            .values(status="lost")
+        )
+        if any(outcome.status == QUEUED for _job, outcome in done):
+            _notify(connection)
+    return done
+
+
+# ---------------------------------------------------------------- workers
+
+
+def register_worker(engine: Engine, worker_id: str, host: str, pid: int, gpus: str) -> None:
+    """Record a starting daemon."""
+    at = now()
+    with engine.begin() as connection:
+        connection.execute(
+            insert(workers).values(id=worker_id, host=host, pid=pid, gpus=gpus, status=RUNNING,
+                                   started_at=at, heartbeat_at=at)
+        )
+
+
+def touch_worker(engine: Engine, worker_id: str) -> None:
+    """An idle daemon's heartbeat."""
+    with engine.begin() as connection:
+        connection.execute(
+            update(workers).where(workers.c.id == worker_id).values(heartbeat_at=now(), status=RUNNING)
+        )
+
+
+def stop_worker(engine: Engine, worker_id: str) -> None:
+    """Record a daemon's clean exit."""
+    at = now()
+    with engine.begin() as connection:
+        connection.execute(
+            update(workers).where(workers.c.id == worker_id)
+            .values(status="stopped", stopped_at=at, heartbeat_at=at, current_job_id=None)
+        )
+
+
+# ---------------------------------------------------------------- user actions
+
+
+def _job_or_error(connection: Connection, job_id: int) -> Job:
+    row = connection.execute(select(jobs).where(jobs.c.id == job_id)).one_or_none()
+    if row is None:
+        raise UserError(f"no job with id {job_id}")
+    return Job.from_row(row)
+
+
+def _check_sweep(connection: Connection, sweep_id: int) -> None:
+    if connection.execute(select(sweeps.c.id).where(sweeps.c.id == sweep_id)).one_or_none() is None:
+        raise UserError(f"no sweep with id {sweep_id}")
+
+
+def _cancel_in(connection: Connection, job: Job, at: float) -> str:
+    if job.status == QUEUED:
+        connection.execute(
+            update(jobs).where(jobs.c.id == job.id, jobs.c.status == QUEUED)
+            .values(status=CANCELLED, end_reason="cancelled before it ran", finished_at=at, updated_at=at)
+        )
+        add_event(connection, job.id, CANCELLED, "cancelled before it ran", attempt=job.attempt, at=at)
+        return "cancelled"
+    if job.status == RUNNING:
+        if not job.cancel_requested:
+            connection.execute(
+                update(jobs).where(jobs.c.id == job.id, jobs.c.status == RUNNING)
+                .values(cancel_requested=True, updated_at=at)
+            )
+            add_event(connection, job.id, "cancel-requested", f"worker {job.worker_id} will stop its child",
+                      attempt=job.attempt, at=at)
+        return "cancel requested"
+    return f"already {job.status}"
+
+
+def cancel(engine: Engine, job_id: int) -> str:
+    """Cancel a queued job now, or ask the daemon running it to stop it. Returns what happened."""
+    with engine.begin() as connection:
+        job = _job_or_error(connection, job_id)
+        if job.status not in ACTIVE_STATUSES:
+            raise UserError(f"job {job_id} already {job.status}: nothing to cancel")
+        return _cancel_in(connection, job, now())
+
+
+def cancel_sweep(engine: Engine, sweep_id: int) -> dict[str, int]:
+    """Cancel every queued or running job of a sweep; counts per outcome."""
+    counts: dict[str, int] = {}
+    with engine.begin() as connection:
+        _check_sweep(connection, sweep_id)
+        at = now()
+        rows = connection.execute(
+            select(jobs).where(jobs.c.sweep_id == sweep_id, jobs.c.status.in_(ACTIVE_STATUSES)).order_by(jobs.c.id)
+        ).all()
+        for row in rows:
+            outcome = _cancel_in(connection, Job.from_row(row), at)
+            counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+def _retry_in(connection: Connection, job: Job, at: float) -> None:
+    try:
+        with connection.begin_nested():
+            connection.execute(
+                update(jobs).where(jobs.c.id == job.id, jobs.c.status == job.status).values(
+                    status=QUEUED, not_before=0.0, attempts_base=jobs.c.attempt, worker_id=None,
+                    cancel_requested=False, end_reason=None, finished_at=None, updated_at=at,
+                )
+            )
+    except IntegrityError:
+        duplicates = _active_duplicates(connection, [job.dedup_key or ""])
+        other = duplicates.get(job.dedup_key or "", (0, "active"))
+        raise UserError(
+            f"job {job.id} has the same config as job {other[0]} ({other[1]}): cancel that one first"
+        ) from None
+    add_event(connection, job.id, "retried", f"requeued by a user after {job.status}", attempt=job.attempt, at=at)
+
+
+def retry(engine: Engine, job_id: int) -> None:
+    """Queue a failed or cancelled job again, with a fresh attempt budget."""
+    with engine.begin() as connection:
+        job = _job_or_error(connection, job_id)
+        if job.status not in (FAILED, CANCELLED):
+            raise UserError(f"job {job_id} is {job.status}: only failed or cancelled jobs can be retried")
+        _retry_in(connection, job, now())
+        _notify(connection)
+
+
+def retry_sweep(engine: Engine, sweep_id: int, failed_only: bool = False) -> int:
+    """Queue a sweep's failed (and, unless ``failed_only``, cancelled) jobs again; how many."""
+    wanted = (FAILED,) if failed_only else (FAILED, CANCELLED)
+    with engine.begin() as connection:
+        _check_sweep(connection, sweep_id)
+        at = now()
+        rows = connection.execute(
+            select(jobs).where(jobs.c.sweep_id == sweep_id, jobs.c.status.in_(wanted)).order_by(jobs.c.id)
+        ).all()
+        for row in rows:
+            _retry_in(connection, Job.from_row(row), at)
+        if rows:
+            _notify(connection)
+    return len(rows)
+
+
+# ---------------------------------------------------------------- reads
+
+
+def get_job(engine: Engine, job_id: int) -> Job:
+    """The job, or a UserError naming the unknown id."""
+    with read_connection(engine) as connection:
+        return _job_or_error(connection, job_id)
+
+
+def list_jobs(engine: Engine, status: str | None = None, sweep_id: int | None = None,
+              limit: int | None = None) -> list[Job]:
+    """Jobs, oldest first, optionally filtered."""
+    query = select(jobs).order_by(jobs.c.id)
+    if status is not None:
+        if status not in STATUSES:
+            raise UserError(f"unknown status {status!r}: choose one of {', '.join(STATUSES)}")
+        query = query.where(jobs.c.status == status)
+    with read_connection(engine) as connection:
+        if sweep_id is not None:
+            _check_sweep(connection, sweep_id)
+            query = query.where(jobs.c.sweep_id == sweep_id)
+        if limit is not None:
+            query = query.order_by(None).order_by(jobs.c.id.desc()).limit(limit)
+        rows = connection.execute(query).all()
+    found = [Job.from_row(row) for row in rows]
+    return sorted(found, key=lambda job: job.id)
+
+
+def events(engine: Engine, job_id: int) -> list[dict[str, Any]]:
+    """The job's history, oldest first."""
+    with read_connection(engine) as connection:
+        _job_or_error(connection, job_id)
+        rows = connection.execute(
+            select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
+        ).all()
+    return [dict(row._mapping) for row in rows]
+
+
+def list_workers(engine: Engine, include_stopped: bool = True) -> list[dict[str, Any]]:
+    """Registered daemons, newest first."""
+    query = select(workers).order_by(workers.c.started_at.desc())
+    if not include_stopped:
+        query = query.where(workers.c.status == RUNNING)
+    with read_connection(engine) as connection:
+        return [dict(row._mapping) for row in connection.execute(query).all()]
+
+
+def counts_by_status(engine: Engine) -> dict[str, int]:
+    """How many jobs are in each status."""
+    with read_connection(engine) as connection:
+        rows = connection.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status)).all()
+    return {status: count for status, count in rows}
+
+
+def has_unfinished(engine: Engine) -> bool:
+    """Whether any job is queued or running (``--until-empty`` waits for both)."""
+    with read_connection(engine) as connection:
+        return connection.execute(
+            select(jobs.c.id).where(jobs.c.status.in_(ACTIVE_STATUSES)).limit(1)
+        ).first() is not None
+
+
+def next_wake(engine: Engine) -> float | None:
+    """The earliest time a queued job becomes claimable or a running lease expires."""
+    with read_connection(engine) as connection:
+        queued = connection.execute(select(func.min(jobs.c.not_before)).where(jobs.c.status == QUEUED)).scalar()
+        leases = connection.execute(
+            select(func.min(jobs.c.lease_expires_at)).where(jobs.c.status == RUNNING)
+        ).scalar()
+    candidates = [value for value in (queued, leases) if value is not None]
+    return min(candidates) if candidates else None

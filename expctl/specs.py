@@ -1,0 +1,193 @@
+"""Experiment specs: a base config plus Hydra overrides, composed by the job's own Hydra app.
+
+expctl never imports the app: it runs ``python -m APP ... OVERRIDES --cfg job`` in a child
+process, which prints the composed job config (validated by the app's typed schema) without
+running the task. Sweep overrides (``a=1,2``, ``b=[256],[512]``, ``range(...)``) are expanded
+with Hydra's own override parser and BasicSweeper into one spec per combination.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from expctl.errors import UserError
+
+DEFAULT_APP = "asr.train"
+COMPOSE_TIMEOUT_S = 600
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One job's spec: which app, which base config, which (non-sweep) overrides."""
+
+    app: str
+    base: str
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ComposedSpec:
+    """A spec with its frozen config and the config's hash."""
+
+    spec: Spec
+    config_yaml: str
+    config_hash: str
+
+
+@dataclass
+class SweepPlan:
+    """What a user's spec expands into: the specs, and whether it was a sweep."""
+
+    app: str
+    base: str
+    overrides: list[str]
+    specs: list[Spec] = field(default_factory=list)
+    is_sweep: bool = False
+
+
+def config_hash(app: str, config_yaml: str) -> str:
+    """sha256 of the app name and the frozen config (what makes two jobs duplicates)."""
+    return hashlib.sha256(f"{app}\n{config_yaml}".encode()).hexdigest()
+
+
+def validate_app(app: str) -> str:
+    """A module path such as ``asr.train`` (dotted identifiers only: it goes on a command line)."""
+    parts = app.split(".")
+    if not app or not all(part.isidentifier() for part in parts):
+        raise UserError(f"bad --app {app!r}: expected a Python module path such as asr.train")
+    return app
+
+
+def base_arguments(base: str) -> list[str]:
+    """Hydra arguments that select the base config: a config name, or a YAML file's folder and stem."""
+    if not base.strip():
+        raise UserError("the base config is empty: give a config name (e.g. config) or a YAML file")
+    looks_like_path = base.endswith(_YAML_SUFFIXES) or os.sep in base
+    if not looks_like_path:
+        return ["--config-name", base]
+    path = Path(base)
+    if not path.is_file():
+        raise UserError(f"base config {base!r}: no such YAML file")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"base config {base!r}: file is not readable")
+    stem = path.name
+    for suffix in _YAML_SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    # --config-path (not --config-dir): the file's folder replaces the app's own config folder, so
+    # a file named like the app's primary config (config.yaml) cannot be shadowed by it; groups
+    # are looked up next to the file (conf/config.yaml sees conf/model/..., as Hydra would).
+    return ["--config-path", str(path.resolve().parent), "--config-name", stem]
+
+
+def expand(app: str, base: str, overrides: list[str]) -> SweepPlan:
+    """Expand sweep overrides into one Spec per combination (Hydra's parser and BasicSweeper)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.types import ValueType
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    validate_app(app)
+    for override in overrides:
+        if override.startswith("-"):
+            raise UserError(f"bad override {override!r}: Hydra flags are not overrides (expected key=value)")
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides=list(overrides))
+        is_sweep = any(override.is_sweep_override() for override in parsed)
+        if any(override.value_type == ValueType.GLOB_CHOICE_SWEEP for override in parsed):
+            raise UserError("glob() sweeps are not supported by expctl: list the choices (a=x,y)")
+        batches = BasicSweeper.split_arguments(parsed, None)[0]
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UserError(f"bad override: {_one_line(str(error))}") from None
+    plan = SweepPlan(app=app, base=base, overrides=list(overrides), is_sweep=is_sweep)
+    plan.specs = [Spec(app=app, base=base, overrides=tuple(batch)) for batch in batches]
+    return plan
+
+
+def compose(spec: Spec, *, cwd: str | None = None) -> ComposedSpec:
+    """Compose ``spec`` with its app's Hydra (``--cfg job``); a refusal is a UserError with Hydra's message."""
+    command = [sys.executable, "-m", spec.app, *base_arguments(spec.base), *spec.overrides, "--cfg", "job"]
+    env = dict(os.environ)
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+            timeout=COMPOSE_TIMEOUT_S, env=env, cwd=cwd,
+        )
+    except subprocess.TimeoutExpired:
+        raise UserError(f"composing {describe(spec)} took over {COMPOSE_TIMEOUT_S} s") from None
+    if result.returncode != 0:
+        raise UserError(f"{describe(spec)} refused: {_hydra_message(result.stderr or result.stdout)}")
+    config_yaml = result.stdout
+    try:
+        loaded = yaml.safe_load(config_yaml)
+    except yaml.YAMLError as error:
+        raise UserError(f"{describe(spec)}: the app printed no YAML config ({_one_line(str(error))})") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{describe(spec)}: the app printed no config mapping (is {spec.app} a Hydra app?)")
+    return ComposedSpec(spec=spec, config_yaml=config_yaml, config_hash=config_hash(spec.app, config_yaml))
+
+
+def compose_all(specs: list[Spec], labels: list[str] | None = None,
+                max_workers: int | None = None) -> list[ComposedSpec]:
+    """Compose every spec (in parallel child processes); the first refusal, in order, is raised,
+    prefixed with its label (e.g. ``line 3``) when one is given."""
+    labels = labels or [""] * len(specs)
+
+    def one(index: int) -> ComposedSpec:
+        try:
+            return compose(specs[index])
+        except UserError as error:
+            raise UserError(f"{labels[index]}: {error}" if labels[index] else str(error)) from None
+
+    if len(specs) <= 1:
+        return [one(index) for index in range(len(specs))]
+    workers = max_workers or min(len(specs), max(2, os.cpu_count() or 2))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(one, index) for index in range(len(specs))]
+        try:
+            return [future.result() for future in futures]
+        except UserError:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def describe(spec: Spec) -> str:
+    """``app base override...`` for messages."""
+    return " ".join([spec.app, spec.base, *spec.overrides])
+
+
+def default_name(base: str, overrides: tuple[str, ...] | list[str]) -> str:
+    """A readable job name: the base's stem and the overrides."""
+    stem = Path(base).name
+    for suffix in _YAML_SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    name = " ".join([stem, *overrides])
+    return name if len(name) <= 200 else name[:197] + "..."
+
+
+def _hydra_message(stderr: str) -> str:
+    """Hydra's error in one line: drop the HYDRA_FULL_ERROR hint; for a crash, keep the last line."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    lines = [line for line in lines if "HYDRA_FULL_ERROR" not in line]
+    if not lines:
+        return "the app exited with an error and printed nothing"
+    if any(line.startswith("Traceback") for line in lines):
+        return lines[-1]
+    return _one_line(" ".join(lines))
+
+
+def _one_line(message: str) -> str:
+    text = " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
+    return text if len(text) <= 600 else text[:597] + "..."

@@ -1,0 +1,76 @@
+"""Enqueue specs: expand sweeps, compose every job with its app, insert all in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from expctl import jobs, specs
+from expctl.errors import UserError
+from expctl.tracking import SafeTracker
+
+
+@dataclass(frozen=True)
+class Request:
+    """One spec as typed (a CLI call or a queue-file line); ``label`` names it in errors."""
+
+    base: str
+    overrides: tuple[str, ...] = ()
+    app: str = specs.DEFAULT_APP
+    name: str | None = None
+    priority: int = 0
+    max_attempts: int = 3
+    allow_duplicate: bool = False
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What one request became: its jobs and, for a sweep, the sweep id."""
+
+    request: Request
+    jobs: list[jobs.Job]
+    sweep_id: int | None
+
+
+def _plan(request: Request) -> specs.SweepPlan:
+    try:
+        specs.base_arguments(request.base)
+        return specs.expand(request.app, request.base, list(request.overrides))
+    except UserError as error:
+        raise UserError(f"{request.label}: {error}") if request.label else error from None
+
+
+def submit(engine: Engine, requests: list[Request], tracker: SafeTracker) -> list[Submitted]:
+    """Compose every request's jobs, then enqueue all of them in one transaction (all or none)."""
+    plans = [(request, _plan(request)) for request in requests]
+    labelled = [(request.label, spec) for request, plan in plans for spec in plan.specs]
+    composed = iter(specs.compose_all([spec for _label, spec in labelled], [label for label, _spec in labelled]))
+    batches: list[tuple[list[jobs.NewJob], jobs.NewSweep | None]] = []
+    for request, plan in plans:
+        items = []
+        for spec in plan.specs:
+            done = next(composed)
+            if request.name and plan.is_sweep:
+                name = f"{request.name} {' '.join(spec.overrides)}"[:200]
+            else:
+                name = request.name or specs.default_name(request.base, spec.overrides)
+            items.append(jobs.NewJob(
+                app=request.app, base=request.base, overrides=spec.overrides, config_yaml=done.config_yaml,
+                config_hash=done.config_hash, name=name, priority=request.priority,
+                max_attempts=request.max_attempts, allow_duplicate=request.allow_duplicate, label=request.label,
+            ))
+        sweep = None
+        if plan.is_sweep:
+            sweep = jobs.NewSweep(app=request.app, base=request.base, overrides=request.overrides, name=request.name)
+        batches.append((items, sweep))
+    created = jobs.enqueue_batches(engine, batches)
+    results = [Submitted(request=request, jobs=job_list, sweep_id=sweep_id)
+               for (request, _plan_), (job_list, sweep_id) in zip(plans, created)]
+    for result in results:
+        for job in result.jobs:
+            tracking = tracker.on_enqueue(job)
+            if tracking:
+                jobs.set_tracking(engine, job.id, tracking.get("run_id"), tracking.get("uri"))
+    return results

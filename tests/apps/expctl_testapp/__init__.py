@@ -1,0 +1,1 @@
+"""A tiny Hydra app for expctl's tests (run as ``python -m expctl_testapp``)."""

@@ -1,0 +1,180 @@
+"""The consumer daemon with real processes: exactly-once runs, kill -9, cancel, signals, exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from expctl import jobs, specs
+
+from expctl_helpers import Env, pid_alive, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def fast_jobs(env: Env, count: int, start: int = 0) -> list[jobs.Job]:
+    """Queue ``count`` trivial jobs (the Hydra-free fast app) straight through the API."""
+    items = []
+    for index in range(start, start + count):
+        config_yaml = f"n: {index}\n"
+        items.append(jobs.NewJob(app="expctl_fastapp", base="config", overrides=(f"n={index}",),
+                                 config_yaml=config_yaml, config_hash=specs.config_hash("expctl_fastapp", config_yaml),
+                                 name=f"fast {index}"))
+    return jobs.enqueue(env.engine, items)
+
+
+def test_app_job(env: Env, *overrides: str, max_attempts: int = 3) -> int:
+    """Enqueue one job of the Hydra test app through the CLI; its id."""
+    result = env.cli("enqueue", "config", *overrides, f"record={env.record}", "--app", "expctl_testapp",
+                     "--max-attempts", str(max_attempts), check=True)
+    return int(result.stdout.split("queued job ")[1].split(":")[0])
+
+
+test_app_job.__test__ = False  # a helper, not a test
+
+
+def status(env: Env, job_id: int) -> str:
+    return jobs.get_job(env.engine, job_id).status
+
+
+def assert_exactly_once(env: Env, job_ids: list[int]) -> None:
+    runs = Counter(int(fields[0]) for fields in env.records())
+    assert set(runs) == set(job_ids), env.daemon_logs()[-3000:]
+    assert max(runs.values()) == 1, [job for job, count in runs.items() if count > 1]
+
+
+def test_two_daemons_drain_the_queue_exactly_once(world: Env) -> None:
+    created = fast_jobs(world, 30)
+    daemons = [world.daemon("--gpus", "none", "--until-empty", "--poll", "0.02") for _ in range(2)]
+    for daemon in daemons:
+        assert daemon.wait(120) == 0, world.daemon_logs()
+    assert_exactly_once(world, [job.id for job in created])
+    assert {job.status for job in jobs.list_jobs(world.engine)} == {"succeeded"}
+    assert (world.root / "experiments" / str(created[0].id) / "config.yaml").read_text() == "n: 0\n"
+
+
+@pytest.mark.slow
+def test_four_daemons_drain_300_jobs_from_one_sqlite_file_exactly_once(world: Env) -> None:
+    created = fast_jobs(world, 300)
+    daemons = [world.daemon("--gpus", "none", "--until-empty", "--poll", "0.02") for _ in range(4)]
+    for daemon in daemons:
+        assert daemon.wait(280) == 0, world.daemon_logs()[-3000:]
+    assert_exactly_once(world, [job.id for job in created])
+    assert all(fields[1] == "1" for fields in world.records())
+    assert jobs.counts_by_status(world.engine) == {"succeeded": 300}
+
+
+@pytest.mark.postgres
+def test_daemons_drain_the_queue_exactly_once_on_postgresql(pg_world: Env) -> None:
+    created = fast_jobs(pg_world, 30)
+    daemons = [pg_world.daemon("--gpus", "none", "--until-empty", "--poll", "0.02") for _ in range(3)]
+    for daemon in daemons:
+        assert daemon.wait(120) == 0, pg_world.daemon_logs()
+    assert_exactly_once(pg_world, [job.id for job in created])
+    assert jobs.counts_by_status(pg_world.engine) == {"succeeded": 30}
+
+
+def test_kill_9_of_a_daemon_kills_its_child_and_another_daemon_resumes_the_job(world: Env) -> None:
+    job_id = test_app_job(world, "sleep=30", "tag=victim")
+    victim = world.daemon("--gpus", "none", "--lease", "2", name="victim")
+    first = wait_for(lambda: world.records(), 60, "the first attempt to start")[0]
+    assert first[:3] == [str(job_id), "1", "0"]
+    child_pid = int(first[3])
+    assert pid_alive(child_pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    wait_for(lambda: not pid_alive(child_pid), 15, "the orphaned child to die")
+    assert status(world, job_id) == "running"  # until its lease expires
+    world.cli("enqueue", "config", "sleep=0", "tag=after", f"record={world.record}", "--app", "expctl_testapp",
+              check=True)
+    rescuer = world.daemon("--gpus", "none", "--lease", "5", "--until-empty", name="rescuer")
+    assert rescuer.wait(120) == 0, world.daemon_logs()
+    job = jobs.get_job(world.engine, job_id)
+    assert job.status == "succeeded" and job.attempt == 2, world.daemon_logs()
+    attempts = [fields for fields in world.records() if fields[0] == str(job_id)]
+    assert [fields[1:3] for fields in attempts] == [["1", "0"], ["2", "1"]]  # the rerun is told to resume
+    assert any(event["kind"] == "lost" for event in jobs.events(world.engine, job_id))
+
+
+def test_cancel_kills_the_child_and_its_grandchild(world: Env) -> None:
+    pids = world.root / "grandchild.pid"
+    job_id = test_app_job(world, "sleep=60", "spawn_grandchild=true", f"grandchild_pid_file={pids}")
+    world.daemon("--gpus", "none", "--lease", "3", "--grace", "2")
+    child_pid = int(wait_for(lambda: world.records(), 60, "the job to start")[0][3])
+    grandchild_pid = int(wait_for(lambda: pids.exists() and pids.read_text().strip(), 30, "the grandchild"))
+    assert pid_alive(child_pid) and pid_alive(grandchild_pid)
+    result = world.cli("cancel", str(job_id), check=True)
+    assert "cancel requested" in result.stdout
+    wait_for(lambda: status(world, job_id) == "cancelled", 30, "the job to be cancelled")
+    wait_for(lambda: not pid_alive(child_pid) and not pid_alive(grandchild_pid), 10, "child and grandchild to die")
+    assert jobs.get_job(world.engine, job_id).end_reason.startswith("cancelled while running")
+
+
+def test_sigterm_requeues_the_running_job_and_drain_lets_it_finish(world: Env) -> None:
+    job_id = test_app_job(world, "sleep=30", "tag=interrupted")
+    daemon = world.daemon("--gpus", "none", "--lease", "5", "--grace", "2")
+    child_pid = int(wait_for(lambda: world.records(), 60, "the job to start")[0][3])
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+    assert not pid_alive(child_pid)
+    job = jobs.get_job(world.engine, job_id)
+    assert job.status == "queued" and job.attempts_used == 0  # requeued, attempt not charged
+    drain_id = test_app_job(world, "sleep=1.5", "tag=drained", max_attempts=1)
+    jobs.cancel(world.engine, job_id)
+    draining = world.daemon("--gpus", "none", "--drain", "--lease", "5")
+    wait_for(lambda: any(fields[0] == str(drain_id) for fields in world.records()), 60, "the drained job to start")
+    draining.send_signal(signal.SIGTERM)
+    assert draining.wait(30) == 0
+    assert status(world, drain_id) == "succeeded"
+
+
+def test_exit_codes_decide_retry_or_failure(world: Env) -> None:
+    never = test_app_job(world, "exit_code=2", "tag=never")
+    retried = test_app_job(world, "exit_code=3", "tag=retried", max_attempts=2)
+    daemon = world.daemon("--gpus", "none", "--until-empty", "--backoff", "0.1")
+    assert daemon.wait(120) == 0, world.daemon_logs()
+    runs = Counter(int(fields[0]) for fields in world.records())
+    assert runs == {never: 1, retried: 2}
+    assert jobs.get_job(world.engine, never).end_reason.startswith("failed: exit code 2")
+    assert jobs.get_job(world.engine, retried).end_reason == "failed: exit code 3 after 2 attempts"
+    log = (world.root / "experiments" / str(retried) / "job.log").read_text()
+    assert log.count("testapp: job") == 2 and "retry in 0.1 s" in log
+
+
+def test_child_environment_and_command(world: Env) -> None:
+    from expctl.daemon import Daemon, DaemonOptions
+
+    [job] = fast_jobs(world, 1)
+    daemon = Daemon(world.engine, DaemonOptions(gpus=[2, 3], workdir=world.root))
+    claimed = jobs.claim(world.engine, daemon.worker_id, "2,3", 60)
+    env = daemon.child_env(claimed)
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert env["EXPCTL_JOB_ID"] == str(job.id) and env["EXPCTL_ATTEMPT"] == "1" and env["EXPCTL_RESUME"] == "0"
+    command = daemon.child_command(claimed)
+    assert command[1:3] == ["-m", "expctl_fastapp"] and command[-1] == f"hydra.run.dir=experiments/{job.id}"
+
+
+def test_a_locked_gpu_is_refused(world: Env) -> None:
+    holder = world.daemon("--gpus", "0", name="holder")
+    wait_for(lambda: (world.root / "locks" / "gpu-0.lock").exists() and jobs.list_workers(world.engine), 30,
+             "the first daemon to lock GPU 0")
+    result = world.cli("consume", "--gpus", "1,0", "--once")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: GPU 0 is in use by another expctl daemon (lock {world.root}/locks/gpu-0.lock)"
+    assert not (world.root / "locks" / "gpu-1.lock").exists() or holder.poll() is None
+    holder.send_signal(signal.SIGTERM)
+    assert holder.wait(30) == 0
+    statuses = {worker["status"] for worker in jobs.list_workers(world.engine)}
+    assert statuses == {"stopped"}
+
+
+def test_until_empty_on_an_empty_queue_exits_at_once(world: Env) -> None:
+    started = time.monotonic()
+    result = world.cli("consume", "--gpus", "none", "--until-empty")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 30
+    assert "queue empty" in result.stderr and os.path.exists(world.root / "queue" / "expctl.db")

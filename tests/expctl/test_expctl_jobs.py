@@ -1,0 +1,164 @@
+"""The job state machine through the API, on SQLite and on PostgreSQL (real servers, no mocks)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from expctl import db, jobs, specs
+from expctl.errors import UserError
+from expctl.schema import jobs as jobs_table
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def new_job(index: int, *, priority: int = 0, max_attempts: int = 3, allow_duplicate: bool = False,
+            config: str | None = None) -> jobs.NewJob:
+    config_yaml = config if config is not None else f"n: {index}\n"
+    return jobs.NewJob(app="expctl_fastapp", base="config", overrides=(f"n={index}",), config_yaml=config_yaml,
+                       config_hash=specs.config_hash("expctl_fastapp", config_yaml), name=f"job {index}",
+                       priority=priority, max_attempts=max_attempts, allow_duplicate=allow_duplicate)
+
+
+@pytest.fixture
+def engine(any_db_url: str):  # noqa: ANN201
+    engine = db.create_engine(any_db_url)
+    yield engine
+    engine.dispose()
+
+
+def test_schema_matches_the_migrations(engine) -> None:  # noqa: ANN001
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from expctl.schema import metadata
+
+    assert db.head_revision() == db.SCHEMA_REVISION
+    assert db.current_revision(engine) == db.SCHEMA_REVISION
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), metadata) == []
+    assert db.upgrade(engine) == db.SCHEMA_REVISION  # idempotent
+
+
+def test_claim_order_priority_then_age_and_not_before(engine) -> None:  # noqa: ANN001
+    created = jobs.enqueue(engine, [new_job(1), new_job(2, priority=5), new_job(3)])
+    first, second, third = (jobs.claim(engine, "w", "", 60) for _ in range(3))
+    assert [first.id, second.id, third.id] == [created[1].id, created[0].id, created[2].id]
+    assert first.status == "running" and first.attempt == 1 and first.worker_id == "w"
+    assert jobs.claim(engine, "w", "", 60) is None
+    outcome = jobs.finish(engine, first, "w", 1, backoff_base_s=3600)
+    assert outcome.status == "queued" and outcome.retry_in == jobs.MAX_BACKOFF_S
+    assert jobs.claim(engine, "w", "", 60) is None  # backing off
+
+
+def test_concurrent_claimers_take_each_job_exactly_once(engine) -> None:  # noqa: ANN001
+    jobs.enqueue(engine, [new_job(index) for index in range(60)])
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def claimer(name: str) -> None:
+        while (job := jobs.claim(engine, name, "", 60)) is not None:
+            with lock:
+                taken.append(job.id)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{index}",)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(taken) == sorted(set(taken)) and len(taken) == 60
+
+
+def test_fencing_a_stale_worker_cannot_overwrite_the_next_attempt(engine) -> None:  # noqa: ANN001
+    [job] = jobs.enqueue(engine, [new_job(1)])
+    stale = jobs.claim(engine, "old", "", 0.001)  # lease expires at once: "old" is paused
+    [(lost_job, outcome)] = jobs.requeue_expired(engine, "reaper")
+    assert lost_job.id == job.id and outcome.status == "queued"
+    fresh = jobs.claim(engine, "new", "", 60)
+    assert fresh.id == job.id and fresh.attempt == 2
+    assert jobs.heartbeat(engine, stale, "old", 60).won is False
+    assert jobs.finish(engine, stale, "old", 0) is None
+    assert jobs.requeue_own(engine, stale, "old", "stopping") is False
+    assert jobs.get_job(engine, job.id).status == "running"
+    assert jobs.heartbeat(engine, fresh, "new", 60).won is True
+    assert jobs.finish(engine, fresh, "new", 0).status == "succeeded"
+    kinds = [event["kind"] for event in jobs.events(engine, job.id)]
+    assert kinds == ["enqueued", "claimed", "lost", "claimed", "fenced", "fenced", "succeeded"]
+
+
+def test_exit_codes_retries_and_lost_jobs(engine) -> None:  # noqa: ANN001
+    never, retried, lost = jobs.enqueue(engine, [new_job(1), new_job(2, max_attempts=2), new_job(3, max_attempts=1)])
+    job = jobs.claim(engine, "w", "", 60)
+    assert jobs.finish(engine, job, "w", 2).status == "failed"
+    job = jobs.claim(engine, "w", "", 60)
+    assert jobs.finish(engine, job, "w", -9, backoff_base_s=0).status == "queued"
+    job = jobs.claim(engine, "w", "", 60)
+    assert job.id == retried.id and job.attempt == 2
+    outcome = jobs.finish(engine, job, "w", 1, backoff_base_s=0)
+    assert outcome.status == "failed" and "exit code 1 after 2 attempts" in outcome.reason
+    job = jobs.claim(engine, "w", "", 0.001)
+    [(_job, outcome)] = jobs.requeue_expired(engine)
+    assert outcome.status == "failed" and outcome.reason.startswith("lost")
+    states = {job.id: (job.status, job.end_reason) for job in jobs.list_jobs(engine)}
+    assert states[never.id] == ("failed", "failed: exit code 2 (bad configuration or data; not retried)")
+    assert states[lost.id][0] == "failed"
+    assert "killed by signal 9 (SIGKILL); retry in 0 s" in [e["message"] for e in jobs.events(engine, retried.id)]
+
+
+def test_duplicates_refused_by_the_database(engine) -> None:  # noqa: ANN001
+    [first] = jobs.enqueue(engine, [new_job(1)])
+    with pytest.raises(UserError, match=f"duplicates job {first.id} \\(queued"):
+        jobs.enqueue(engine, [new_job(1)])
+    [allowed] = jobs.enqueue(engine, [new_job(1, allow_duplicate=True)])
+    assert allowed.dedup_key is None
+    with pytest.raises(IntegrityError):  # the index itself refuses, whatever the code checks first
+        with engine.begin() as connection:
+            row = {column.name: getattr(first, column.name) for column in jobs_table.columns if column.name != "id"}
+            connection.execute(insert(jobs_table).values(**row))
+    job = jobs.claim(engine, "w", "", 60)
+    jobs.finish(engine, job, "w", 0)
+    [again] = jobs.enqueue(engine, [new_job(1)])  # the first one ended: no longer a duplicate
+    with pytest.raises(UserError, match="same config as"):
+        jobs.enqueue(engine, [new_job(7), new_job(7)])
+    with engine.begin() as connection:  # pretend the first one failed: retrying it would duplicate `again`
+        connection.execute(update(jobs_table).where(jobs_table.c.id == first.id).values(status="failed"))
+    with pytest.raises(UserError, match=f"same config as job {again.id}"):
+        jobs.retry(engine, first.id)
+
+
+def test_cancel_and_retry_single_and_sweep(engine) -> None:  # noqa: ANN001
+    sweep = jobs.NewSweep(app="expctl_fastapp", base="config", overrides=("n=1,2,3",))
+    members = jobs.enqueue(engine, [new_job(1), new_job(2), new_job(3)], sweep)
+    sweep_id = members[0].sweep_id
+    running = jobs.claim(engine, "w", "", 60)
+    assert jobs.heartbeat(engine, running, "w", 60).cancel_requested is False
+    counts = jobs.cancel_sweep(engine, sweep_id)
+    assert counts == {"cancel requested": 1, "cancelled": 2}
+    assert jobs.heartbeat(engine, running, "w", 60).cancel_requested is True
+    assert jobs.finish(engine, running, "w", -15, cancelled=True).status == "cancelled"
+    with pytest.raises(UserError, match="already cancelled"):
+        jobs.cancel(engine, running.id)
+    assert jobs.retry_sweep(engine, sweep_id, failed_only=True) == 0
+    assert jobs.retry_sweep(engine, sweep_id) == 3
+    assert {job.status for job in jobs.list_jobs(engine, sweep_id=sweep_id)} == {"queued"}
+    again = jobs.claim(engine, "w", "", 60)
+    assert again.attempt == 2 and again.attempts_used == 1  # a retry starts a fresh attempt budget
+    for bad in (lambda: jobs.cancel(engine, 999), lambda: jobs.retry(engine, 999),
+                lambda: jobs.cancel_sweep(engine, 999), lambda: jobs.get_job(engine, 999)):
+        with pytest.raises(UserError, match="no (job|sweep) with id 999"):
+            bad()
+    with pytest.raises(UserError, match="is running"):
+        jobs.retry(engine, again.id)
+
+
+def test_requeue_own_does_not_charge_an_attempt(engine) -> None:  # noqa: ANN001
+    [job] = jobs.enqueue(engine, [new_job(1, max_attempts=1)])
+    claimed = jobs.claim(engine, "w", "", 60)
+    assert jobs.requeue_own(engine, claimed, "w", "daemon stopping") is True
+    claimed = jobs.claim(engine, "w2", "", 60)
+    assert claimed.attempt == 2 and claimed.attempts_used == 1
+    with engine.connect() as connection:
+        assert connection.execute(select(jobs_table.c.status).where(jobs_table.c.id == job.id)).scalar() == "running"
