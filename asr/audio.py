@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -53,7 +54,9 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         signal = signal.mean(axis=1)
     except Exception as soundfile_error:  # soundfile can't read it: try librosa's audioread fallback
         try:
-            signal, rate = librosa.load(str(path), sr=None, mono=True, dtype=np.float32)
+            with warnings.catch_warnings():  # librosa warns about its audioread fallback itself
+                warnings.simplefilter("ignore")
+                signal, rate = librosa.load(str(path), sr=None, mono=True, dtype=np.float32)
         except Exception:
             reason = str(soundfile_error).splitlines()[0] if str(soundfile_error) else type(soundfile_error).__name__
             raise UserError(f"cannot read audio file {path}: {reason}") from None

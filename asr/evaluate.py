@@ -8,7 +8,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from asr.errors import UserError
 from asr.metrics import UtteranceScore, cer, utterance_scores, wer
@@ -130,10 +130,11 @@ def print_evaluation(evaluation: Evaluation, worst: int, title: str = "") -> Non
 
     console = Console(soft_wrap=False)
     words = sum(score.words for score in evaluation.scores)
-    console.print(
+    print(
         f"{title}WER {evaluation.wer:.2%}  CER {evaluation.cer:.2%}  "
         f"({len(evaluation.scores)} utterances, {words} words, {evaluation.audio_seconds / 60:.1f} min of audio, "
-        f"decoder {evaluation.decoder}, real-time factor {evaluation.real_time_factor:.3f})"
+        f"decoder {evaluation.decoder}, real-time factor {evaluation.real_time_factor:.3f})",
+        flush=True,
     )
     chosen = evaluation.worst(worst)
     if not chosen:

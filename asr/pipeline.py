@@ -44,6 +44,17 @@ class Pipeline:
         self.metadata = metadata or {}
         self._decoders: dict[tuple, Any] = {}
 
+    @classmethod
+    def from_configuration(cls, configuration: Any) -> "Pipeline":
+        """A pipeline with a new, untrained model built from ``configuration`` (then call ``train()``)."""
+        from asr.models import build_model
+        from asr.training import load_alphabet
+
+        configuration = _as_configuration(configuration)
+        alphabet = load_alphabet(configuration.config)
+        model = build_model(configuration.model, configuration.features.num_features, len(alphabet) + 1)
+        return cls(model, configuration, alphabet, metadata={"model": {"name": configuration.model.name}})
+
     @property
     def configuration(self) -> Configuration:
         return self._configuration

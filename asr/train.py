@@ -53,6 +53,8 @@ def run(config: DictConfig, callbacks: Sequence[Any] = ()) -> dict:
 
     started = time.perf_counter()
     exp_dir = Path(config.exp_dir)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("absl").setLevel(logging.WARNING)
     strategy = make_strategy(config.trainer.strategy)  # first: MultiWorkerMirroredStrategy needs a fresh runtime
     import keras
 

@@ -241,6 +241,15 @@ def _log_path(job: jobs.Job) -> Path:
     return workdir / "experiments" / str(job.id) / "job.log"
 
 
+def _write_bytes(chunk: bytes) -> None:
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is not None:
+        buffer.write(chunk)
+    else:
+        sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+    sys.stdout.flush()
+
+
 @app.command()
 def logs(
     job_id: int = typer.Argument(..., help="Job id."),
@@ -262,8 +271,7 @@ def logs(
                     chunk = log.read()
                     position += len(chunk)
                 if chunk:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
+                    _write_bytes(chunk)
             if not follow:
                 return
             if time.monotonic() >= next_check:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -45,6 +47,37 @@ class Env:
         )
         if check and result.returncode != 0:
             raise AssertionError(f"expctl {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+        return result
+
+    def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+        """Run the CLI's ``main()`` in this process (same code path as the console script, no
+        interpreter start-up), with this world's environment and folder."""
+        from expctl import cli
+
+        saved_environ, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+        stdout, stderr = io.StringIO(), io.StringIO()
+        code: int = 0
+        try:
+            os.environ.clear()
+            os.environ.update(self.vars)
+            os.chdir(self.root)
+            sys.argv = ["expctl", *args]
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                try:
+                    cli.main()
+                except SystemExit as exit_request:
+                    code = exit_request.code if isinstance(exit_request.code, int) else int(exit_request.code is not None)
+        finally:
+            if cli.state._engine is not None:
+                cli.state._engine.dispose()
+                cli.state._engine = None
+            os.environ.clear()
+            os.environ.update(saved_environ)
+            os.chdir(saved_cwd)
+            sys.argv = saved_argv
+        result = subprocess.CompletedProcess(list(args), code, stdout.getvalue(), stderr.getvalue())
+        if check and code != 0:
+            raise AssertionError(f"expctl {' '.join(args)} exited {code}:\n{result.stderr}")
         return result
 
     def daemon(self, *args: str, name: str | None = None) -> subprocess.Popen:

@@ -16,14 +16,14 @@ from expctl_helpers import Env, pid_alive, wait_for
 pytestmark = pytest.mark.timeout(300)
 
 
-def fast_jobs(env: Env, count: int, start: int = 0) -> list[jobs.Job]:
-    """Queue ``count`` trivial jobs (the Hydra-free fast app) straight through the API."""
+def fast_jobs(env: Env, count: int, start: int = 0, max_attempts: int = 3, **config: object) -> list[jobs.Job]:
+    """Queue ``count`` jobs of the Hydra-free fast app straight through the API (``config``: sleep, exit_code...)."""
     items = []
     for index in range(start, start + count):
-        config_yaml = f"n: {index}\n"
+        config_yaml = f"n: {index}\n" + "".join(f"{key}: {value}\n" for key, value in config.items())
         items.append(jobs.NewJob(app="expctl_fastapp", base="config", overrides=(f"n={index}",),
                                  config_yaml=config_yaml, config_hash=specs.config_hash("expctl_fastapp", config_yaml),
-                                 name=f"fast {index}"))
+                                 name=f"fast {index}", max_attempts=max_attempts))
     return jobs.enqueue(env.engine, items)
 
 
@@ -48,7 +48,7 @@ def assert_exactly_once(env: Env, job_ids: list[int]) -> None:
 
 
 def test_two_daemons_drain_the_queue_exactly_once(world: Env) -> None:
-    created = fast_jobs(world, 30)
+    created = fast_jobs(world, 20)
     daemons = [world.daemon("--gpus", "none", "--until-empty", "--poll", "0.02") for _ in range(2)]
     for daemon in daemons:
         assert daemon.wait(120) == 0, world.daemon_logs()
@@ -70,34 +70,31 @@ def test_four_daemons_drain_300_jobs_from_one_sqlite_file_exactly_once(world: En
 
 @pytest.mark.postgres
 def test_daemons_drain_the_queue_exactly_once_on_postgresql(pg_world: Env) -> None:
-    created = fast_jobs(pg_world, 30)
-    daemons = [pg_world.daemon("--gpus", "none", "--until-empty", "--poll", "0.02") for _ in range(3)]
+    created = fast_jobs(pg_world, 20)
+    daemons = [pg_world.daemon("--gpus", "none", "--until-empty", "--poll", "0.02") for _ in range(2)]
     for daemon in daemons:
         assert daemon.wait(120) == 0, pg_world.daemon_logs()
     assert_exactly_once(pg_world, [job.id for job in created])
-    assert jobs.counts_by_status(pg_world.engine) == {"succeeded": 30}
+    assert jobs.counts_by_status(pg_world.engine) == {"succeeded": 20}
 
 
 def test_kill_9_of_a_daemon_kills_its_child_and_another_daemon_resumes_the_job(world: Env) -> None:
-    job_id = test_app_job(world, "sleep=30", "tag=victim")
+    [job] = fast_jobs(world, 1, sleep=60, sleep_on_resume=0)
     victim = world.daemon("--gpus", "none", "--lease", "2", name="victim")
     first = wait_for(lambda: world.records(), 60, "the first attempt to start")[0]
-    assert first[:3] == [str(job_id), "1", "0"]
+    assert first[:3] == [str(job.id), "1", "0"]
     child_pid = int(first[3])
     assert pid_alive(child_pid)
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
     wait_for(lambda: not pid_alive(child_pid), 15, "the orphaned child to die")
-    assert status(world, job_id) == "running"  # until its lease expires
-    world.cli("enqueue", "config", "sleep=0", "tag=after", f"record={world.record}", "--app", "expctl_testapp",
-              check=True)
+    assert status(world, job.id) == "running"  # until its lease expires
     rescuer = world.daemon("--gpus", "none", "--lease", "5", "--until-empty", name="rescuer")
     assert rescuer.wait(120) == 0, world.daemon_logs()
-    job = jobs.get_job(world.engine, job_id)
-    assert job.status == "succeeded" and job.attempt == 2, world.daemon_logs()
-    attempts = [fields for fields in world.records() if fields[0] == str(job_id)]
-    assert [fields[1:3] for fields in attempts] == [["1", "0"], ["2", "1"]]  # the rerun is told to resume
-    assert any(event["kind"] == "lost" for event in jobs.events(world.engine, job_id))
+    done = jobs.get_job(world.engine, job.id)
+    assert done.status == "succeeded" and done.attempt == 2, world.daemon_logs()
+    assert [fields[1:3] for fields in world.records()] == [["1", "0"], ["2", "1"]]  # the rerun is told to resume
+    assert any(event["kind"] == "lost" for event in jobs.events(world.engine, job.id))
 
 
 def test_cancel_kills_the_child_and_its_grandchild(world: Env) -> None:
@@ -115,34 +112,34 @@ def test_cancel_kills_the_child_and_its_grandchild(world: Env) -> None:
 
 
 def test_sigterm_requeues_the_running_job_and_drain_lets_it_finish(world: Env) -> None:
-    job_id = test_app_job(world, "sleep=30", "tag=interrupted")
+    [job] = fast_jobs(world, 1, sleep=60)
     daemon = world.daemon("--gpus", "none", "--lease", "5", "--grace", "2")
     child_pid = int(wait_for(lambda: world.records(), 60, "the job to start")[0][3])
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
     assert not pid_alive(child_pid)
-    job = jobs.get_job(world.engine, job_id)
-    assert job.status == "queued" and job.attempts_used == 0  # requeued, attempt not charged
-    drain_id = test_app_job(world, "sleep=1.5", "tag=drained", max_attempts=1)
-    jobs.cancel(world.engine, job_id)
+    requeued = jobs.get_job(world.engine, job.id)
+    assert requeued.status == "queued" and requeued.attempts_used == 0  # requeued, attempt not charged
+    jobs.cancel(world.engine, job.id)
+    [drained] = fast_jobs(world, 1, start=1, sleep=1.5, max_attempts=1)
     draining = world.daemon("--gpus", "none", "--drain", "--lease", "5")
-    wait_for(lambda: any(fields[0] == str(drain_id) for fields in world.records()), 60, "the drained job to start")
+    wait_for(lambda: len(world.records()) == 2, 60, "the drained job to start")
     draining.send_signal(signal.SIGTERM)
     assert draining.wait(30) == 0
-    assert status(world, drain_id) == "succeeded"
+    assert status(world, drained.id) == "succeeded"
 
 
 def test_exit_codes_decide_retry_or_failure(world: Env) -> None:
-    never = test_app_job(world, "exit_code=2", "tag=never")
-    retried = test_app_job(world, "exit_code=3", "tag=retried", max_attempts=2)
+    [never] = fast_jobs(world, 1, exit_code=2)
+    [retried] = fast_jobs(world, 1, start=1, exit_code=3, max_attempts=2)
     daemon = world.daemon("--gpus", "none", "--until-empty", "--backoff", "0.1")
     assert daemon.wait(120) == 0, world.daemon_logs()
     runs = Counter(int(fields[0]) for fields in world.records())
-    assert runs == {never: 1, retried: 2}
-    assert jobs.get_job(world.engine, never).end_reason.startswith("failed: exit code 2")
-    assert jobs.get_job(world.engine, retried).end_reason == "failed: exit code 3 after 2 attempts"
-    log = (world.root / "experiments" / str(retried) / "job.log").read_text()
-    assert log.count("testapp: job") == 2 and "retry in 0.1 s" in log
+    assert runs == {never.id: 1, retried.id: 2}
+    assert jobs.get_job(world.engine, never.id).end_reason.startswith("failed: exit code 2")
+    assert jobs.get_job(world.engine, retried.id).end_reason == "failed: exit code 3 after 2 attempts"
+    log = (world.root / "experiments" / str(retried.id) / "job.log").read_text()
+    assert log.count(f"job {retried.id} attempt") == 2 and "retry in 0.1 s" in log
 
 
 def test_child_environment_and_command(world: Env) -> None:
