@@ -94,8 +94,8 @@ class TrainerConfig:
     val_decode_limit: int = 100  # utterances decoded each epoch for val WER/CER
     resume: bool = True  # continue from the last checkpoint in exp_dir when there is one
     sortagrad: bool = True  # first epoch sorted by length, shuffled after
-    shuffle_buffer: int = 2048
     log_every_steps: int = 10
+    time_limit_minutes: Optional[float] = None  # stop before an epoch that would end past this (from the run's start)
 
 
 @dataclass

@@ -226,6 +226,21 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+def drop_repeated_blank_frames(log_probs: np.ndarray, token_min_logp: float) -> np.ndarray:
+    """Remove frames that repeat a "blank only" frame (blank is the argmax and no other label
+    reaches ``token_min_logp``, so beam search extends every beam by a blank there).
+
+    After one such frame every beam ends in a blank; each further one only adds the same
+    constant to every beam's score, so dropping it changes no ranking and no text, only the
+    work. A well-trained CTC model emits mostly blanks, so this often halves the frames.
+    """
+    if len(log_probs) < 2:
+        return log_probs
+    blank_only = (log_probs[:, 1:].max(axis=1) < token_min_logp) & (log_probs.argmax(axis=1) == 0)
+    repeated = blank_only & np.concatenate([[False], blank_only[:-1]])
+    return log_probs[~repeated]
+
+
 def _decode_one(decoder: Any, log_probs: np.ndarray, options: dict) -> str:
     """Top beam of one utterance (module level so a pool can call it)."""
     if log_probs.shape[0] == 0:
@@ -300,7 +315,9 @@ class BeamSearchDecoder(Decoder):
     def decode(self, logits: Any, lengths: Any = None) -> list[str]:
         logits, lengths = _as_batch(logits, self.alphabet, lengths)
         log_probs = log_softmax(logits)
-        rows = [log_probs[index, : lengths[index]] for index in range(len(lengths))]
+        minimum = self.options["token_min_logp"]
+        rows = [drop_repeated_blank_frames(log_probs[index, : lengths[index]], minimum) for index in range(len(lengths))]
+        lengths = np.array([len(row) for row in rows])
         order = np.argsort(-lengths, kind="stable")  # longest first: the pool balances better
         use_pool = self.workers > 1 and len(rows) >= 2 and int(lengths.sum()) >= POOL_MIN_FRAMES
         if use_pool:
@@ -320,8 +337,8 @@ class BeamSearchDecoder(Decoder):
             self._pool = None
 
     def close(self) -> None:
+        """Stop the worker processes (the decoder stays usable; the LM is freed with the object)."""
         self._close_pool()
-        self._finalizer()
 
 
 def _release(decoder: Any, pools: list) -> None:

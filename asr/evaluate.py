@@ -166,6 +166,7 @@ def write_report(path: Path, report: dict) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(report, stream, indent=2, ensure_ascii=False)
             stream.write("\n")
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

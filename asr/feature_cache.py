@@ -27,7 +27,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -246,6 +246,61 @@ class FeatureCache:
                         self.statistics.hits += 1 - computed
                         bar.advance(task)
         return results  # type: ignore[return-value]
+
+    def fill_in_background(self, paths: Sequence[str | Path], features_config: Any, compute: Compute,
+                           jobs: Optional[int] = None, chunk: int = 8) -> BackgroundFill:
+        """Start ``jobs`` processes filling the entries of ``paths``, in that order, and return at once.
+
+        Meant to run ahead of a reader that calls ``get_or_compute`` in the same order (the first
+        epoch of training on a cold cache): the reader finds entries ready, waits on the lock of
+        one being computed, or computes one the workers have not reached (they then skip it).
+        Errors surface from ``wait()``; ``close()`` (or leaving a ``with`` block) stops the workers.
+        """
+        plain = canonical_config(features_config)
+        jobs = max(1, jobs or os.cpu_count() or 1)
+        context = multiprocessing.get_context("forkserver" if sys.platform == "linux" else "spawn")
+        executor = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+        names = [str(path) for path in paths]
+        futures = [executor.submit(_fill_chunk, (str(self.cache_dir), names[start:start + chunk], plain, compute))
+                   for start in range(0, len(names), max(1, chunk))]
+        return BackgroundFill(executor, futures)
+
+
+class BackgroundFill:
+    """Worker processes filling a cache ahead of its reader; see ``FeatureCache.fill_in_background``."""
+
+    def __init__(self, executor: ProcessPoolExecutor, futures: list[Future]) -> None:
+        self._executor, self._futures = executor, futures
+
+    def done(self) -> bool:
+        return all(future.done() for future in self._futures)
+
+    def wait(self) -> int:
+        """Block until every entry is filled; return how many the workers computed (errors re-raised)."""
+        try:
+            return sum(future.result() for future in self._futures)
+        finally:
+            self._executor.shutdown(wait=True)
+
+    def close(self) -> None:
+        """Stop: pending chunks are dropped, chunks in progress finish (entries stay whole)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "BackgroundFill":
+        return self
+
+    def __exit__(self, *exception: Any) -> None:
+        self.close()
+
+
+def _fill_chunk(arguments: tuple[str, list[str], dict[str, Any], Compute]) -> int:
+    """Worker: fill the entries of a chunk of paths; return how many were computed here."""
+    cache_dir, paths, features_config, compute = arguments
+    cache = _worker_cache(cache_dir)
+    before = cache.statistics.computed
+    for path in paths:
+        cache.get_or_compute(path, features_config, compute)
+    return cache.statistics.computed - before
 
 
 def _fill_one(arguments: tuple[str, str, dict[str, Any], Compute]) -> tuple[np.ndarray, int]:

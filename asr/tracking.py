@@ -101,8 +101,9 @@ class MlflowRunLogger:
     def log_outputs(self, exp_dir: Path, result: dict[str, Any]) -> None:
         """Final metrics and the run's files: bundle, result, metrics, learning curve, transcripts."""
         final = {f"test_{key}": value for key, value in (result.get("test") or {}).items()}
-        if result.get("best_val_loss") is not None:
-            final["best_val_loss"] = result["best_val_loss"]
+        for key in ("best_val_loss", "epochs_run", "total_seconds"):
+            if result.get(key) is not None:
+                final[key] = result[key]
         self.log_metrics(final, step=int(result.get("epochs_run") or 0))
         history = [json.loads(line) for line in (exp_dir / "metrics.jsonl").read_text().splitlines()
                    if line.strip()] if (exp_dir / "metrics.jsonl").is_file() else []

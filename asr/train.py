@@ -45,6 +45,15 @@ def evaluate_split(model: Any, manifest: str, config: DictConfig, alphabet: Any)
             "samples": samples}
 
 
+def check_files(config: DictConfig) -> None:
+    """Fail before TensorFlow starts when a manifest or the alphabet file is missing."""
+    for key in ("train_manifest", "dev_manifest", "test_manifest", "alphabet"):
+        value = config.data.get(key)
+        if value and not Path(value).is_file():
+            kind = "alphabet file" if key == "alphabet" else "manifest"
+            raise UserError(f"data.{key}: {kind} not found: {value}")
+
+
 def run(config: DictConfig, callbacks: Sequence[Any] = ()) -> dict:
     """Train, evaluate on the test manifest, write ``model.bin`` and ``result.json``; return the result."""
     from asr.bundle import save_bundle
@@ -91,6 +100,7 @@ def main(cfg: DictConfig) -> None:
         config = validate(OmegaConf.to_container(cfg, resolve=True))
         OmegaConf.set_readonly(config, True)
         logger.info("exp_dir: %s", config.exp_dir)
+        check_files(config)
         run(config)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)

@@ -340,6 +340,11 @@ class Trainer:
             for callback in self.callbacks:
                 if hasattr(callback, "on_epoch_end"):
                     callback.on_epoch_end(epoch_index + 1, metrics)
+            limit = trainer.get("time_limit_minutes")
+            elapsed = time.perf_counter() - started
+            if limit and elapsed + metrics["epoch_seconds"] > limit * 60 and epoch_index + 1 < trainer.epochs:
+                logger.info("time limit: %.1f of %.1f minutes used, the next epoch would not fit", elapsed / 60, limit)
+                break
             patience = int(trainer.early_stopping_patience)
             if patience and int(self.epochs_without_improvement.numpy()) >= patience:
                 logger.info("early stopping: no improvement for %d epoch(s)", patience)

@@ -7,7 +7,7 @@ The daemon forks a small *shepherd* (no new interpreter, so the start stays fast
   ``prctl(PR_SET_PDEATHSIG)`` — tied to the forking *thread*, so the daemon forks from its main
   thread and runs no other threads;
 * points stdin at /dev/null and stdout+stderr at the job log, closes every other descriptor
-  (database files, GPU locks), then forks and execs the app (no shell);
+  (database files, GPU locks), then starts the app with ``posix_spawn`` (no shell);
 * ignores SIGTERM/SIGINT itself, so the daemon's ``killpg(SIGTERM)`` reaches only the app's
   side, and exits with the app's status (re-raising the app's fatal signal on itself);
 * on its parent's death: SIGTERM to the group, a grace period, then SIGKILL to the group.
@@ -29,6 +29,12 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
 _LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+# Signals the app gets back at their default disposition (the shepherd ignores or handles them;
+# Python itself ignores SIGPIPE and SIGXFSZ).
+_DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD,
+                    signal.SIGPIPE, signal.SIGXFSZ, PARENT_DEATH_SIGNAL)
 
 
 def _set_parent_death_signal(signum: int) -> None:
@@ -165,19 +171,12 @@ def _shepherd(parent_pid: int, executable: str, argv: list[str], env: dict[str, 
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.closerange(3, 65536)
-    app_pid = os.fork()
-    if app_pid == 0:  # the app: default signal dispositions, as after a fresh exec
-        try:
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD,
-                           signal.SIGPIPE, signal.SIGXFSZ, PARENT_DEATH_SIGNAL):
-                signal.signal(signum, signal.SIG_DFL)
-            os.chdir(cwd)
-            os.execve(executable, argv, env)
-        except BaseException as error:  # noqa: BLE001
-            try:
-                os.write(2, f"expctl: cannot start {argv[0]}: {error}\n".encode())
-            finally:
-                os._exit(127)
+    try:  # posix_spawn (vfork-like): no copy of the shepherd's page tables, unlike fork + exec
+        os.chdir(cwd)
+        app_pid = os.posix_spawn(executable, argv, env, setsigdef=_DEFAULT_SIGNALS)
+    except OSError as error:
+        os.write(2, f"expctl: cannot start {argv[0]}: {error}\n".encode())
+        return 127
     while True:
         try:
             _pid, status = os.waitpid(app_pid, 0)

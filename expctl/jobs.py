@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import and_, func, insert, select, text, update
+from sqlalchemy import and_, bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -153,17 +153,21 @@ def _notify(connection: Connection) -> None:
         connection.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
 
 
+_EVENT = insert(job_events).values(
+    job_id=bindparam("event_job"), time=bindparam("event_time"), kind=bindparam("event_kind"),
+    attempt=bindparam("event_attempt"), worker_id=bindparam("event_worker"), message=bindparam("event_message"),
+)
+
+
 def add_event(
     connection: Connection, job_id: int, kind: str, message: str = "", *,
     attempt: int | None = None, worker_id: str | None = None, at: float | None = None,
 ) -> None:
     """Append to the job's history."""
-    connection.execute(
-        insert(job_events).values(
-            job_id=job_id, time=at if at is not None else now(), kind=kind,
-            attempt=attempt, worker_id=worker_id, message=message,
-        )
-    )
+    connection.execute(_EVENT, {
+        "event_job": job_id, "event_time": at if at is not None else now(), "event_kind": kind,
+        "event_attempt": attempt, "event_worker": worker_id, "event_message": message,
+    })
 
 
 def _fence(job: Job, worker_id: str) -> Any:
@@ -281,28 +285,38 @@ def set_tracking(engine: Engine, job_id: int, run_id: str | None, uri: str | Non
 # ---------------------------------------------------------------- the daemon's side
 
 
-def claim(engine: Engine, worker_id: str, gpus: str, lease_s: float) -> Job | None:
-    """Atomically take the best claimable job (priority, then age), or None."""
-    at = now()
+def _claim_statement(skip_locked: bool) -> Any:
+    """UPDATE ... WHERE id = (best claimable job) RETURNING *, built once (bound parameters)."""
     pick = jobs.alias("pick")  # an alias, so the subquery is never correlated with the UPDATE
     candidate = (
         select(pick.c.id)
-        .where(pick.c.status == QUEUED, pick.c.not_before <= at)
+        .where(pick.c.status == QUEUED, pick.c.not_before <= bindparam("claim_now"))
         .order_by(pick.c.priority.desc(), pick.c.id)
         .limit(1)
     )
+    if skip_locked:
+        candidate = candidate.with_for_update(skip_locked=True)
+    return (
+        update(jobs)
+        .where(jobs.c.id == candidate.scalar_subquery(), jobs.c.status == QUEUED)
+        .values(
+            status=RUNNING, worker_id=bindparam("claim_worker"), gpus=bindparam("claim_gpus"),
+            attempt=jobs.c.attempt + 1, lease_expires_at=bindparam("claim_lease_until"),
+            started_at=bindparam("claim_now"), updated_at=bindparam("claim_now"),
+            cancel_requested=False, exit_code=None, end_reason=None,
+        )
+        .returning(*jobs.c)
+    )
+
+
+_CLAIM = {False: _claim_statement(False), True: _claim_statement(True)}
+def claim(engine: Engine, worker_id: str, gpus: str, lease_s: float) -> Job | None:
+    """Atomically take the best claimable job (priority, then age), or None."""
+    at = now()
     with engine.begin() as connection:
-        if _is_postgres(connection):
-            candidate = candidate.with_for_update(skip_locked=True)
         row = connection.execute(
-            update(jobs)
-            .where(jobs.c.id == candidate.scalar_subquery(), jobs.c.status == QUEUED)
-            .values(
-                status=RUNNING, worker_id=worker_id, gpus=gpus, attempt=jobs.c.attempt + 1,
-                lease_expires_at=at + lease_s, started_at=at, updated_at=at,
-                cancel_requested=False, exit_code=None, end_reason=None,
-            )
-            .returning(*jobs.c)
+            _CLAIM[_is_postgres(connection)],
+            {"claim_now": at, "claim_worker": worker_id, "claim_gpus": gpus, "claim_lease_until": at + lease_s},
         ).one_or_none()
         if row is None:
             return None
@@ -311,9 +325,6 @@ def claim(engine: Engine, worker_id: str, gpus: str, lease_s: float) -> Job | No
             connection, job.id, "claimed",
             f"attempt {job.attempts_used} of {job.max_attempts}, GPUs {gpus or 'none'}",
             attempt=job.attempt, worker_id=worker_id, at=at,
-        )
-        connection.execute(
-            update(workers).where(workers.c.id == worker_id).values(current_job_id=job.id, heartbeat_at=at)
         )
     return job
 
@@ -327,7 +338,9 @@ def heartbeat(engine: Engine, job: Job, worker_id: str, lease_s: float) -> Heart
             .values(lease_expires_at=at + lease_s, updated_at=at)
             .returning(jobs.c.cancel_requested)
         ).one_or_none()
-        connection.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=at))
+        connection.execute(
+            update(workers).where(workers.c.id == worker_id).values(heartbeat_at=at, current_job_id=job.id)
+        )
     if row is None:
         return Heartbeat(won=False, cancel_requested=False)
     return Heartbeat(won=True, cancel_requested=bool(row[0]))
@@ -419,6 +432,12 @@ def requeue_expired(engine: Engine, worker_id: str | None = None) -> list[tuple[
     """Put back running jobs whose lease expired (their daemon died); fail those out of attempts."""
     at = now()
     done: list[tuple[Job, Outcome]] = []
+    with read_connection(engine) as connection:  # the usual case, nothing expired, takes no write lock
+        expired = connection.execute(
+            select(jobs.c.id).where(jobs.c.status == RUNNING, jobs.c.lease_expires_at < at).limit(1)
+        ).first()
+    if expired is None:
+        return done
     with engine.begin() as connection:
         query = select(jobs).where(jobs.c.status == RUNNING, jobs.c.lease_expires_at < at)
         if _is_postgres(connection):

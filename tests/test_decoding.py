@@ -226,3 +226,27 @@ def test_missing_unigram_file(small_lm: Path, tmp_path: Path) -> None:
     config = DecoderConfig(name="beam_lm", lm_path=str(small_lm), unigrams=str(tmp_path / "none.txt"))
     with pytest.raises(UserError, match="unigram file not found"):
         make_decoder(config, ALPHABET)
+
+
+def test_dropping_repeated_blank_frames_changes_no_transcript(small_lm: Path) -> None:
+    """The speed-up in BeamSearchDecoder is exact: pyctcdecode on all frames reads the same."""
+    from asr.decoding import drop_repeated_blank_frames, log_softmax
+
+    rng = np.random.default_rng(1)
+    words = "the speech is clear recognition works we like".split()
+    decoder = BeamSearchDecoder(ALPHABET, beam_width=8, language_model_path=small_lm, workers=1)
+    dropped_total = 0
+    for _ in range(20):
+        text = " ".join(rng.choice(words, size=rng.integers(1, 5)))
+        frames = []
+        for char in text:
+            frames += [0] * int(rng.integers(0, 4)) + [ALPHABET.symbols.index(char) + 1] * int(rng.integers(1, 3))
+        frames += [0] * int(rng.integers(1, 6))
+        logits = rng.normal(scale=1.5, size=(len(frames), len(ALPHABET) + 1))
+        logits[np.arange(len(frames)), frames] += rng.uniform(4, 12, size=len(frames))
+        log_probs = log_softmax(logits.astype(np.float32))
+        kept = drop_repeated_blank_frames(log_probs, -5.0)
+        dropped_total += len(log_probs) - len(kept)
+        expected = decoder.decoder.decode(log_probs, beam_width=8)  # pyctcdecode itself, every frame
+        assert decoder.decode(log_probs[None]) == [expected]
+    assert dropped_total > 0

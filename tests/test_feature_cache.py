@@ -163,3 +163,16 @@ def test_a_failing_compute_in_a_worker_reaches_the_caller(tmp_path: Path, audio:
     with pytest.raises(UserError, match="broken.wav"):
         cache.extract_many([*audio[:3], broken], {"type": "mfcc"}, file_features, jobs=2, progress=False)
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_background_fill_runs_ahead_of_a_reader_without_double_work(tmp_path: Path, audio: list[Path]) -> None:
+    log = tmp_path / "calls.log"
+    compute = functools.partial(counting_compute, log=str(log), delay=0.05)
+    cache = FeatureCache(tmp_path / "cache")
+    with cache.fill_in_background(audio, CONFIG, compute, jobs=2, chunk=2) as fill:
+        read = [cache.get_or_compute(path, CONFIG, compute) for path in audio]  # races the workers
+        filled_by_workers = fill.wait()
+    assert sorted(_calls(log)) == sorted(path.name for path in audio)  # each entry computed once
+    assert filled_by_workers + cache.statistics.computed == len(audio)
+    for path, array in zip(audio, read):
+        np.testing.assert_array_equal(array, counting_compute(path, str(tmp_path / "direct.log")))

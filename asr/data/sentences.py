@@ -5,8 +5,8 @@ this module (``words_*.txt``): nouns, people, verbs, adjectives, adverbs, names 
 plus numbers, times, dates and money spelled out. Output is lower case and uses only the
 letters a-z, the apostrophe and single spaces, so it fits the default alphabet.
 
->>> generate_sentences(2, seed=1)  # doctest: +SKIP
-['the lazy otter borrowed seven candles yesterday', 'did harriet's cousin paint the fence']
+>>> generate_sentences(3, seed=1)
+['a singer likes imagining a sheep', 'kiss an attractive selfish passenger yesterday', 'edward giggles somewhere']
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ _ORDINAL_UNITS = ("zeroth", "first", "second", "third", "fourth", "fifth", "sixt
 _CURRENCIES = (("dollar", "dollars", "cents"), ("pound", "pounds", "pence"), ("euro", "euros", "cents"))
 _IRREGULAR_PAST = {"forgeted": "forgot", "planed": "planned", "thinked": "thought", "knowed": "knew",
                    "sayed": "said", "feeled": "felt"}
-_AN_EXCEPTIONS = frozenset({"unique", "uniform", "united", "union", "unit", "unity", "universe", "university",
-                            "useful", "useless", "usual", "usage", "user", "one", "european", "eulogy"})
-_A_EXCEPTIONS = frozenset({"honest", "honourable", "honour", "hour", "heir"})
+_VOWEL_LETTER_TAKES_A = frozenset({"unique", "uniform", "united", "union", "unit", "unity", "universe",
+                                   "university", "useful", "useless", "usual", "usage", "user", "one",
+                                   "european", "eulogy"})
+_SILENT_H_TAKES_AN = frozenset({"honest", "honourable", "honour", "hour", "heir"})
 
 
 @dataclass(frozen=True)
@@ -233,9 +234,9 @@ def year_words(year: int) -> str:
 
 def _article_for(word: str) -> str:
     first = word.split(" ")[0]
-    if first in _AN_EXCEPTIONS:
+    if first in _VOWEL_LETTER_TAKES_A:
         return "a"
-    if first in _A_EXCEPTIONS or first[0] in "aeiou":
+    if first in _SILENT_H_TAKES_AN or first[0] in "aeiou":
         return "an"
     return "a"
 
@@ -302,7 +303,12 @@ class _Builder:
         body = f"{adjectives} {head}" if adjectives else head
         roll = self.rng.random()
         if noun.plural is None:  # mass noun
-            determiner = "the" if roll < 0.5 else "some" if roll < 0.65 else self.pick(_POSSESSIVES) if roll < 0.85 else ""
+            if roll < 0.5:
+                determiner = "the"
+            elif roll < 0.65:
+                determiner = "some"
+            else:
+                determiner = self.pick(_POSSESSIVES) if roll < 0.85 else ""
         elif plural:
             if roll < 0.3:
                 determiner = "the"
@@ -509,7 +515,8 @@ class _Builder:
         if roll < 0.6:
             person = self.rng.choice(self.lexicon.people)
             adjective = self.pick(self.lexicon.adjectives)
-            return f"{self.pick(self.lexicon.names)} {self.pick(('is', 'was'))} {_article_for(adjective)} {adjective} {person.singular}"
+            be = self.pick(("is", "was"))
+            return f"{self.pick(self.lexicon.names)} {be} {_article_for(adjective)} {adjective} {person.singular}"
         if roll < 0.8:
             phrase, plural = self.noun_phrase(people=False)
             be = ("are" if plural else "is") if self.chance(0.5) else ("were" if plural else "was")
@@ -579,13 +586,15 @@ class _Builder:
             (1, lambda: f"{self.noun_phrase(people=False, plural=False)[0]} costs {self.money()}"),
             (1, lambda: f"{self.subject().words} paid {self.money()} for {self.object()}"),
             (1, lambda: f"the {self.pick(('train', 'bus', 'ferry', 'plane', 'meeting', 'concert', 'film', 'lesson'))} "
-                        f"{self.pick(('leaves', 'starts', 'arrives', 'ends', 'left', 'started'))} at {self.clock_time()}"),
+                        f"{self.pick(('leaves', 'starts', 'arrives', 'ends', 'left', 'started'))} "
+                        f"at {self.clock_time()}"),
             (1, lambda: f"{self.pick(self.lexicon.names)} was born in {year_words(self.rng.randint(1900, 2024))}"),
             (1, lambda: f"{self.pick(self.lexicon.names)} was born on the {ordinal_words(self.rng.randint(1, 31))} "
                         f"of {self.pick(_MONTHS)}"),
             (1, lambda: f"my {self.pick(('phone number', 'pin', 'code', 'ticket number'))} is "
                         + " ".join(self.pick(_UNITS[:10] + ('oh',)) for _ in range(self.rng.randint(3, 7)))),
-            (1, lambda: f"it is {number_words(self.rng.randint(0, 45))} degrees {self.pick(('outside', 'in ' + self.pick(self.lexicon.places)))}"),
+            (1, lambda: f"it is {number_words(self.rng.randint(0, 45))} degrees "
+                        + self.pick(("outside", "in " + self.pick(self.lexicon.places)))),
             (1, lambda: f"we need {number_words(self.rng.randint(2, 5000))} {self.rng.choice(self.countable).plural}"),
             (1, lambda: f"{self.subject().words} lives at number {number_words(self.rng.randint(1, 300))} "
                         f"{self.pick(self.lexicon.adjectives)} {self.pick(('street', 'road', 'lane', 'avenue'))}"),

@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from expctl import jobs, specs
+from expctl.tracking import Tracker
 
 from expctl_helpers import Env, pid_alive, wait_for
 
@@ -175,3 +176,54 @@ def test_until_empty_on_an_empty_queue_exits_at_once(world: Env) -> None:
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 30
     assert "queue empty" in result.stderr and os.path.exists(world.root / "queue" / "expctl.db")
+
+
+class BrokenTracker(Tracker):
+    """A tracker whose every hook fails: the queue must not notice."""
+
+    name = "broken"
+
+    def __getattribute__(self, attribute: str):  # noqa: ANN204
+        if attribute.startswith(("on_", "child_env")):
+            raise RuntimeError(f"tracker down ({attribute})")
+        return super().__getattribute__(attribute)
+
+
+def test_a_failing_tracker_never_stops_the_queue(world: Env, caplog: pytest.LogCaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from expctl.daemon import Daemon, DaemonOptions
+    from expctl.tracking import SafeTracker
+
+    created = fast_jobs(world, 2)
+    monkeypatch.setenv("EXPCTL_TEST_RECORD", str(world.record))
+    monkeypatch.setenv("EXPCTL_LOCK_DIR", str(world.root / "locks"))
+    monkeypatch.setenv("PYTHONPATH", world.vars["PYTHONPATH"])
+    with caplog.at_level("WARNING", logger="expctl"):
+        daemon = Daemon(world.engine, DaemonOptions(until_empty=True, workdir=world.root, poll_s=0.02),
+                        SafeTracker(BrokenTracker()))
+        assert daemon.run() == 0
+    assert {job.status for job in jobs.list_jobs(world.engine)} == {"succeeded"}
+    assert_exactly_once(world, [job.id for job in created])
+    warnings = [record.getMessage() for record in caplog.records if "tracker broken failed" in record.getMessage()]
+    assert len(warnings) == len(set(warnings)) >= 2  # logged once per hook, not once per job
+
+
+def test_first_use_by_several_processes_migrates_once(tmp_path) -> None:  # noqa: ANN001
+    import subprocess
+    import sys
+
+    from expctl_helpers import REPO
+
+    url = f"sqlite:///{tmp_path / 'fresh' / 'expctl.db'}"
+    code = f"from expctl import db; db.create_engine({url!r})"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    processes = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+    for process in processes:
+        _out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+    from expctl import db
+
+    engine = db.create_engine(url)
+    assert db.current_revision(engine) == db.SCHEMA_REVISION
+    engine.dispose()

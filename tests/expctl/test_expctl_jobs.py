@@ -74,7 +74,7 @@ def test_concurrent_claimers_take_each_job_exactly_once(engine) -> None:  # noqa
 
 def test_fencing_a_stale_worker_cannot_overwrite_the_next_attempt(engine) -> None:  # noqa: ANN001
     [job] = jobs.enqueue(engine, [new_job(1)])
-    stale = jobs.claim(engine, "old", "", 0.001)  # lease expires at once: "old" is paused
+    stale = jobs.claim(engine, "old", "", -1.0)  # lease already expired: "old" is paused
     [(lost_job, outcome)] = jobs.requeue_expired(engine, "reaper")
     assert lost_job.id == job.id and outcome.status == "queued"
     fresh = jobs.claim(engine, "new", "", 60)
@@ -99,7 +99,7 @@ def test_exit_codes_retries_and_lost_jobs(engine) -> None:  # noqa: ANN001
     assert job.id == retried.id and job.attempt == 2
     outcome = jobs.finish(engine, job, "w", 1, backoff_base_s=0)
     assert outcome.status == "failed" and "exit code 1 after 2 attempts" in outcome.reason
-    job = jobs.claim(engine, "w", "", 0.001)
+    job = jobs.claim(engine, "w", "", -1.0)  # its lease is already over
     [(_job, outcome)] = jobs.requeue_expired(engine)
     assert outcome.status == "failed" and outcome.reason.startswith("lost")
     states = {job.id: (job.status, job.end_reason) for job in jobs.list_jobs(engine)}

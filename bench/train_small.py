@@ -1,0 +1,88 @@
+"""Train the default small model on synthetic speech for a fixed time budget; print throughput and CER/WER.
+
+    .venv/bin/python bench/train_small.py                       # 600 utterances, 20 minutes in all
+    .venv/bin/python bench/train_small.py --minutes 5 -- model.parameters.rnn_type=lstm
+
+The budget covers everything after the corpus exists: features, training, validation. The test
+split holds sentences of the same generator that training never saw. Prints figures only.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/queue.py would shadow the standard library's queue (multiprocessing needs it): drop bench/ from the path.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=600, help="utterances to synthesise (80/10/10 split)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--minutes", type=float, default=20.0, help="budget for features + training")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "asr-bench-train-small")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides on top of conf/config.yaml")
+    arguments = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import asr
+    from asr.configuration import register_configs, validate
+    from asr.data.synth import synthesize_corpus
+
+    corpus_dir = arguments.out / f"corpus-{arguments.count}-{arguments.seed}"
+    if not (corpus_dir / "all.jsonl").exists():
+        synthesize_corpus(corpus_dir, arguments.count, arguments.seed, jobs=os.cpu_count() or 1)
+    exp_dir = arguments.out / time.strftime("run-%Y%m%d-%H%M%S")
+    register_configs()
+    with initialize_config_dir(config_dir=str(Path(asr.__file__).parent / "conf"), version_base="1.3"):
+        composed = compose("config", overrides=[
+            f"data.train_manifest={corpus_dir / 'train.jsonl'}", f"data.dev_manifest={corpus_dir / 'dev.jsonl'}",
+            f"data.test_manifest={corpus_dir / 'test.jsonl'}", f"exp_dir={exp_dir}", "trainer.epochs=1000",
+            f"trainer.time_limit_minutes={arguments.minutes}", "trainer.resume=false", *arguments.overrides])
+    config = validate(OmegaConf.to_container(composed, resolve=True))
+
+    import keras
+
+    from asr.train import evaluate_split
+    from asr.training import Trainer, load_alphabet
+
+    keras.utils.set_random_seed(int(config.seed))
+    started = time.perf_counter()
+    alphabet = load_alphabet(config)
+    training = Trainer(config, alphabet=alphabet).fit()
+    budget_seconds = time.perf_counter() - started
+    test = evaluate_split(training.model, config.data.test_manifest, config, alphabet)
+    history = training.history
+    steady = history[1:] or history  # the first epoch includes tracing
+    throughput = sum(epoch["audio_seconds_per_second"] for epoch in steady) / len(steady)
+    best = min(history, key=lambda epoch: epoch.get("val_loss", epoch["loss"]))
+    figures = {
+        "model": f"{config.model.name} {config.model.parameters.rnn_type} {list(config.model.parameters.rnn_sizes)}",
+        "parameters": int(training.model.count_params()),
+        "train_utterances": sum(1 for _ in open(config.data.train_manifest)),
+        "epochs": len(history), "minutes_used": round(budget_seconds / 60, 2),
+        "train_audio_seconds_per_second": round(throughput, 1),
+        "best_epoch": best["epoch"], "best_val_cer": round(best.get("val_cer", float("nan")), 4),
+        "test_utterances": test["utterances"], "test_cer": round(test["cer"], 4), "test_wer": round(test["wer"], 4),
+    }
+    print(json.dumps(figures, indent=2))
+    for sample in test["samples"][:5]:
+        print(f"  ref: {sample['reference']}\n  hyp: {sample['hypothesis']}")
+
+
+if __name__ == "__main__":
+    main()

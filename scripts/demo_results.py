@@ -1,0 +1,40 @@
+"""Print the demo's runs from MLflow: status, test WER and CER, training time."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+from rich.table import Table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--experiment", default="demo")
+    arguments = parser.parse_args()
+    client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    experiment = client.get_experiment_by_name(arguments.experiment)
+    if experiment is None:
+        raise SystemExit(f"error: no MLflow experiment named {arguments.experiment!r}")
+    table = Table(title=f"MLflow experiment {arguments.experiment!r}")
+    for column in ("job", "run", "rnn_sizes", "status", "epochs", "test WER", "test CER", "minutes"):
+        table.add_column(column)
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    for run in runs:
+        metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+        minutes = ((run.info.end_time or 0) - (run.info.start_time or 0)) / 60000 if run.info.end_time else None
+        table.add_row(
+            tags.get("expctl.job_id", "?"), run.info.run_name or run.info.run_id[:8],
+            params.get("model.parameters.rnn_sizes", "?"), run.info.status,
+            str(int(metrics["epochs_run"])) if "epochs_run" in metrics else "-",
+            f"{metrics['test_wer']:.3f}" if "test_wer" in metrics else "-",
+            f"{metrics['test_cer']:.3f}" if "test_cer" in metrics else "-",
+            f"{minutes:.1f}" if minutes is not None else "-",
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
