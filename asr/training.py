@@ -181,12 +181,19 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.checkpoint_dir), max_to_keep=2)
 
     def _restore(self) -> None:
+        metrics_path = self.exp_dir / METRICS_FILE
         if not (self.config.trainer.resume and self.manager.latest_checkpoint):
+            if self.chief and metrics_path.exists():
+                metrics_path.unlink()  # a fresh start: the old run's metrics no longer apply
             return
-        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        try:
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            raise UserError(f"cannot resume from {self.manager.latest_checkpoint}: it does not match the configured "
+                            f"model ({str(error).splitlines()[0][:200]}); use another exp_dir or "
+                            f"trainer.resume=false") from None
         logger.info("resumed from %s: %d epoch(s) done, best val loss %.4f", self.manager.latest_checkpoint,
                     int(self.epoch.numpy()), float(self.best_val_loss.numpy()))
-        metrics_path = self.exp_dir / METRICS_FILE
         if self.chief and metrics_path.exists():  # drop lines of an epoch that finished without its checkpoint
             kept = [line for line in metrics_path.read_text().splitlines()
                     if line.strip() and json.loads(line)["epoch"] <= int(self.epoch.numpy())]

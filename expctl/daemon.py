@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,6 +31,7 @@ from expctl.tracking import SafeTracker, get_tracker
 logger = logging.getLogger("expctl.daemon")
 
 SAFETY_CLAIM_S = 1.0  # try a claim at least this often even when nothing seems to change
+WAKE_SLICE_S = 0.25  # longest uninterrupted idle wait (signals are noticed between slices)
 MAX_HEARTBEAT_S = 2.0
 
 
@@ -90,8 +91,18 @@ class ChangeWatcher:
         finally:
             cursor.close()
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds; True if the queue may have changed."""
+    def wait(self, timeout: float, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Wait up to ``timeout`` seconds; True if the queue may have changed. Waits in slices of
+        at most ``WAKE_SLICE_S`` so that a stop request (a signal) is noticed promptly."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or should_stop():
+                return self._changed(0.0)
+            if self._changed(min(left, WAKE_SLICE_S)):
+                return True
+
+    def _changed(self, timeout: float) -> bool:
         if self._raw is None:
             time.sleep(timeout)
             return True
@@ -99,7 +110,8 @@ class ChangeWatcher:
             if self._listening:
                 driver = self._raw.driver_connection
                 return any(True for _ in driver.notifies(timeout=timeout, stop_after=1))
-            time.sleep(timeout)
+            if timeout > 0:
+                time.sleep(timeout)
             version = self._data_version()
             changed = version != self._last
             self._last = version
@@ -185,7 +197,7 @@ class Daemon:
                     if self.options.until_empty and not jobs.has_unfinished(self.engine):
                         logger.info("queue empty: exiting")
                         break
-                try_claim = watcher.wait(self.options.poll_s)
+                try_claim = watcher.wait(self.options.poll_s, lambda: self.stopping)
         finally:
             if watcher is not None:
                 watcher.close()

@@ -47,9 +47,9 @@ class Tracker:
 class SafeTracker(Tracker):
     """Wraps a tracker: exceptions are logged once per hook and swallowed."""
 
-    def __init__(self, inner: Tracker) -> None:
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.name = inner.name
+        self.name = getattr(inner, "name", type(inner).__name__)
         self._reported: set[str] = set()
 
     def _call(self, hook: str, default: Any, *args: Any) -> Any:
@@ -85,5 +85,9 @@ def get_tracker(name: str | None = None) -> SafeTracker:
     if choice == "none":
         return SafeTracker(Tracker())
     if choice == "mlflow":
-        raise UserError("--tracking mlflow is not available yet (issue 6); use --tracking none")
+        try:
+            from expctl.mlflow_tracker import MlflowTracker  # issue 6
+        except ImportError as error:
+            raise UserError(f"--tracking mlflow is not available ({error}); use --tracking none") from None
+        return SafeTracker(MlflowTracker())
     raise UserError(f"unknown tracker {choice!r}: choose one of {', '.join(TRACKERS)}")

@@ -98,3 +98,16 @@ def test_assigning_a_configuration_and_training_tunes_the_loaded_weights(trained
     after = loaded.model.get_weights()
     assert any(not np.allclose(a, b) for a, b in zip(before, after))
     assert loaded.save(tmp_path / "tuned.bin").exists()
+
+
+def test_a_nan_loss_stops_training_naming_the_batch_files(corpus, tmp_path):
+    from asr.errors import NaNLossError
+    from asr.training import SplitData, Trainer, load_split
+
+    config = tiny_configuration(corpus, tmp_path / "nan", epochs=1).config
+    config.data.dev_manifest = None
+    clean = load_split(config.data.train_manifest, config, Pipeline.from_configuration(config).alphabet, "train")
+    poisoned = SplitData(clean.examples[:4], lambda utterance: clean.features_for(utterance) * np.nan)
+    with pytest.raises(NaNLossError) as error:
+        Trainer(config, train_data=poisoned).fit()
+    assert str(clean.examples[0].utterance.audio_filepath) in str(error.value)

@@ -100,7 +100,7 @@ def test_cli_errors_are_one_clear_line(world: Env) -> None:
         (("cancel", "--sweep", "7"), ("no sweep with id 7",)),
         (("enqueue", "--file", str(world.root / "absent.txt")), ("not found",)),
         (("list", "--status", "bogus"), ("unknown status 'bogus'",)),
-        (("--tracking", "mlflow", "enqueue", "config", *TESTAPP), ("not available yet",)),
+        (("--tracking", "bogus", "enqueue", "config", *TESTAPP), ("unknown tracker 'bogus'",)),
     ]
     if os.geteuid() != 0:  # root reads anything
         cases.append((("enqueue", "--file", str(unreadable)), ("not readable",)))
