@@ -1,47 +1,87 @@
 """MLflow tracking of queued jobs: one MLflow run per job, visible from the moment it is enqueued.
 
-Life of a run: ``enqueue`` creates it in status SCHEDULED with the job's tags and its frozen
-config as params; a claim makes it RUNNING and hands ``MLFLOW_RUN_ID`` to the child, which
-logs its own metrics and artifacts into the same run; the end of the job uploads ``job.log``
-and sets FINISHED, FAILED or KILLED. A job that goes back to the queue (retry, dead daemon,
-stopped daemon) is SCHEDULED again, so no run stays RUNNING after its job stopped, and the
-next attempt continues the same run.
+Life of a run: ``enqueue`` creates it in status SCHEDULED with the job's tags, its frozen config
+as params and ``config.yaml`` as an artifact; a claim makes it RUNNING and hands
+``MLFLOW_TRACKING_URI`` + ``MLFLOW_RUN_ID`` to the child, which logs its own metrics and
+artifacts into the same run; the end of the job fills in whatever the child could not log (from
+``experiments/<job>/``), uploads ``job.log`` and sets FINISHED, FAILED or KILLED. A job that goes
+back to the queue (retry, dead daemon, stopped daemon) is SCHEDULED again, so no run stays
+RUNNING after its job stopped, and the next attempt continues the same run.
 
-When MLflow cannot be reached the queue goes on (``SafeTracker`` logs the error once) and the
-tracker stays quiet for ``RETRY_AFTER_S``; ``expctl tracking sync`` later creates the missing
-runs from what the jobs left in the database and in their folders.
+When MLflow cannot be reached the queue goes on: the first failure is logged, then the tracker
+stays quiet for ``RETRY_AFTER_S`` (calls fail at once with :class:`TrackingPaused`, which
+``SafeTracker`` does not log again). :meth:`MlflowTracker.sync` (``expctl tracking sync``, and
+the daemon itself once MLflow answers again) creates the missing runs from the job's row and
+folder and puts every run in its job's status. It is idempotent.
+
+This module imports MLflow only when it first talks to it: ``expctl list`` stays fast.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
+import re
 import socket
 import subprocess
 import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-logger = logging.getLogger("expctl.tracking")
+from expctl.tracking import TrackingPaused
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RETRY_AFTER_S = 60.0
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param's value
-BATCH_LIMIT = 100  # MLflow's limit on params per log_batch
+TAG_VALUE_LIMIT = 5000
+BATCH_LIMIT = 100  # params or tags per log_batch
+METRIC_BATCH_LIMIT = 1000
 
-END_STATUSES = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+# MLflow retries an HTTP call 7 times with exponential backoff by default (minutes on a dead
+# server): the queue must not wait that long. These apply to this process and to its children,
+# unless the user set them. Telemetry is off because its thread would make the daemon fork
+# from a multi-threaded process.
+FAIL_FAST_ENVIRONMENT = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+RUN_STATUS = {"queued": "SCHEDULED", "running": "RUNNING", "succeeded": "FINISHED", "failed": "FAILED",
+              "cancelled": "KILLED"}
+ENDED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
+JOB_LOG = "job.log"
+CONFIG_ARTIFACT = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"
+_INVALID_KEY = re.compile(r"[^\w\-. /]")
 
 
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, or the local SQLite store made absolute so children agree on it."""
+    """``MLFLOW_TRACKING_URI``, or the local SQLite store, made absolute so every process agrees on it."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         uri = prefix + str(Path(uri[len(prefix):]).resolve())
+    elif "://" not in uri and not uri.startswith(("databricks", "uc")):
+        uri = str(Path(uri).resolve())  # a plain folder (file store)
     return uri
+
+
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server's address (http or https)."""
+    return uri.startswith(("http://", "https://"))
+
+
+def metric_key(key: str) -> str:
+    """A name MLflow accepts (letters, digits, ``_ - . / space``)."""
+    return _INVALID_KEY.sub("_", str(key))[:250]
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, str]:
@@ -51,139 +91,388 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
         for key, value in config.items():
             flat.update(flatten(value, f"{prefix}{key}."))
         return flat
-    value = json.dumps(config) if isinstance(config, list) else str(config)
-    return {prefix.rstrip("."): value[:PARAM_VALUE_LIMIT]}
+    value = json.dumps(config) if isinstance(config, (list, dict)) else str(config)
+    return {metric_key(prefix.rstrip(".")): value[:PARAM_VALUE_LIMIT]}
+
+
+def numeric_leaves(value: Any, prefix: str = "") -> dict[str, float]:
+    """Numbers in nested dicts, keys joined by ``_`` (``{"test": {"wer": 0.3}}`` → ``{"test_wer": 0.3}``).
+
+    Lists, strings and booleans are left out. ``asr.tracking`` logs a training's ``result.json``
+    the same way, so both sides agree on the names.
+    """
+    if isinstance(value, dict):
+        found: dict[str, float] = {}
+        for key, item in value.items():
+            found.update(numeric_leaves(item, f"{prefix}{key}_"))
+        return found
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {metric_key(prefix.rstrip("_")): float(value)}
+    return {}
+
+
+def read_metrics_lines(path: Path) -> list[tuple[int, dict[str, float]]]:
+    """``metrics.jsonl`` lines ``{"epoch": 3, "loss": 1.2, ...}`` as ``(step, {key: value})``.
+
+    The step is the line's ``epoch`` (or ``step``), else its line number; unreadable lines are skipped.
+    """
+    rows: list[tuple[int, dict[str, float]]] = []
+    if not path.is_file():
+        return rows
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        step_value = record.get("epoch", record.get("step", number))
+        step = int(step_value) if isinstance(step_value, (int, float)) and not isinstance(step_value, bool) else number
+        values = {metric_key(key): float(value) for key, value in record.items()
+                  if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool)}
+        if values:
+            rows.append((step, values))
+    return rows
+
+
+def run_address(run_id: str, uri: str, timeout_s: float = 3.0) -> str:
+    """Where to see a run: its page on a tracking server, or how to open the UI on a local store.
+
+    Does not import MLflow: a server is asked for the run's experiment through its REST API
+    (without an answer the UI's experiment-less ``#/runs/<id>`` route is given).
+    """
+    if is_server(uri):
+        base = uri.rstrip("/")
+        query = urllib.parse.urlencode({"run_id": run_id})
+        try:
+            with urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?{query}", timeout=timeout_s) as answer:
+                experiment_id = json.load(answer)["run"]["info"]["experiment_id"]
+            return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+        except (OSError, ValueError, KeyError):
+            return f"{base}/#/runs/{run_id}"
+    return (f"mlflow ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000/#/runs/{run_id}")
 
 
 def _git_commit() -> str | None:
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+
+
+@dataclass
+class SyncReport:
+    """What :meth:`MlflowTracker.sync` did to one job's run."""
+
+    job_id: int
+    run_id: str
+    uri: str
+    created: bool = False
+    actions: list[str] = field(default_factory=list)
+
+    def as_tracking(self) -> dict[str, str]:
+        """The ``{"run_id", "uri"}`` to store on the job."""
+        return {"run_id": self.run_id, "uri": self.uri}
+
+
 class MlflowTracker:
-    """The ``Tracker`` of :mod:`expctl.tracking` backed by an MLflow tracking server or store."""
+    """The ``Tracker`` of :mod:`expctl.tracking` backed by an MLflow tracking server or store.
+
+    A job's run lives at the URI stored on the job (where it was created); new runs go to
+    ``uri`` (default :func:`tracking_uri`).
+    """
 
     name = "mlflow"
 
     def __init__(self, uri: str | None = None) -> None:
-        # Fail fast instead of MLflow's default minutes of HTTP retries: the queue must not wait.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        from mlflow.tracking import MlflowClient
-
         self.uri = uri or tracking_uri()
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self._clients: dict[str, Any] = {}
         self._quiet_until = 0.0
-        self._run_ids: dict[int, str] = {}  # runs created after enqueue (MLflow was down then)
+        self._experiments: dict[tuple[str, str], str] = {}
 
-    # ------------------------------------------------------------- helpers
+    # ------------------------------------------------------------- plumbing
 
-    def _call(self, action: Any) -> Any:
-        """Run an MLflow call unless MLflow failed recently; a failure starts the quiet period."""
-        if time.monotonic() < self._quiet_until:
-            raise ConnectionError(f"MLflow at {self.uri} failed recently; retrying after a pause")
+    def client(self, uri: str | None = None) -> Any:
+        """An ``MlflowClient`` for ``uri`` (MLflow is imported on first use)."""
+        uri = uri or self.uri
+        if uri not in self._clients:
+            for key, value in FAIL_FAST_ENVIRONMENT.items():
+                os.environ.setdefault(key, value)
+            import logging
+
+            from mlflow.tracking import MlflowClient
+
+            for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+                logging.getLogger(noisy).setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
+            self._clients[uri] = MlflowClient(tracking_uri=uri)
+        return self._clients[uri]
+
+    @property
+    def paused(self) -> bool:
+        """Whether MLflow failed less than ``RETRY_AFTER_S`` ago."""
+        return time.monotonic() < self._quiet_until
+
+    def _call(self, action: Callable[[], Any]) -> Any:
+        """Run MLflow calls unless MLflow failed recently; a failure starts a quiet period."""
+        if self.paused:
+            raise TrackingPaused(f"MLflow at {self.uri} failed less than {RETRY_AFTER_S:g} s ago")
         try:
             return action()
-        except Exception:
+        except Exception as error:
+            if _is_request_error(error):
+                raise
             self._quiet_until = time.monotonic() + RETRY_AFTER_S
-            raise
+            raise ConnectionError(f"MLflow at {self.uri} failed ({_first_line(error)}); jobs keep running, "
+                                  f"tracking pauses {RETRY_AFTER_S:g} s and `expctl tracking sync` "
+                                  "catches up later") from error
 
-    def run_id(self, job: Any) -> str | None:
-        return job.tracking_run_id or self._run_ids.get(job.id)
+    def run_ref(self, job: Any) -> tuple[str | None, str]:
+        """The job's run id (None when it has none yet) and the URI it lives at."""
+        return job.tracking_run_id, (job.tracking_uri or self.uri)
 
-    def _experiment_id(self, config: dict[str, Any]) -> str:
+    def _experiment_id(self, uri: str, config: dict[str, Any]) -> str:
         name = str((config.get("experiment") or {}).get("name") or "expctl")
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        return self.client.create_experiment(name)
+        if (uri, name) not in self._experiments:
+            client = self.client(uri)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                from mlflow.exceptions import MlflowException
 
-    def create_run(self, job: Any) -> str:
-        """Create the job's run (SCHEDULED) with tags, the flattened config as params, the config file."""
-        from mlflow.entities import Param, RunTag
+                try:
+                    experiment_id = client.create_experiment(name)
+                except MlflowException:  # created by another process meanwhile
+                    experiment_id = client.get_experiment_by_name(name).experiment_id
+            else:
+                experiment_id = experiment.experiment_id
+                if experiment.lifecycle_stage == "deleted":
+                    client.restore_experiment(experiment_id)
+            self._experiments[(uri, name)] = experiment_id
+        return self._experiments[(uri, name)]
 
-        config = yaml.safe_load(job.config_yaml) or {}
+    @staticmethod
+    def _tags(job: Any) -> dict[str, str]:
+        overrides = job.override_list
         tags = {
             "expctl.job_id": str(job.id),
             "expctl.app": job.app,
             "expctl.base": job.base,
-            "expctl.overrides": " ".join(job.override_list)[:PARAM_VALUE_LIMIT],
+            "expctl.overrides": " ".join(overrides),
+            "expctl.spec": "|".join([job.base, *overrides]),  # a queue-file line that queues it again
             "expctl.sweep_id": "" if job.sweep_id is None else str(job.sweep_id),
             "expctl.priority": str(job.priority),
+            "expctl.max_attempts": str(job.max_attempts),
+            "expctl.config_hash": job.config_hash,
+            "expctl.status": job.status,
             "mlflow.source.name": f"python -m {job.app}",
-            "mlflow.user": os.environ.get("USER", "expctl"),
+            "mlflow.source.type": "JOB",
+            "mlflow.user": os.environ.get("USER") or "expctl",
         }
         commit = _git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
+        return {key: value[:TAG_VALUE_LIMIT] for key, value in tags.items()}
 
-        def create() -> str:
-            run = self.client.create_run(self._experiment_id(config), tags=tags, run_name=job.name)
-            run_id = run.info.run_id
-            params = [Param(key, value) for key, value in flatten(config).items()]
-            for start in range(0, len(params), BATCH_LIMIT):
-                self.client.log_batch(run_id, params=params[start:start + BATCH_LIMIT])
-            self.client.log_text(run_id, job.config_yaml, "config.yaml")
-            self.client.update_run(run_id, status="SCHEDULED")
-            return run_id
-
-        return self._call(create)
-
-    def _set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+    def _set_tags(self, client: Any, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self._call(lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+        client.log_batch(run_id, tags=[RunTag(key, str(value)[:TAG_VALUE_LIMIT]) for key, value in tags.items()])
+
+    def _set_status(self, client: Any, run_id: str, job: Any) -> None:
+        """Put the run in the job's status (ended: with the job's end time)."""
+        status = RUN_STATUS.get(job.status, "FAILED")
+        if job.status in ENDED_JOB_STATUSES:
+            end_ms = int((job.finished_at or time.time()) * 1000)
+            client.set_terminated(run_id, status, end_time=end_ms)
+        else:
+            client.update_run(run_id, status=status)
+
+    def create_run(self, job: Any, uri: str | None = None) -> str:
+        """Create the job's run (SCHEDULED): tags, the flattened config as params, ``config.yaml``."""
+        from mlflow.entities import Param
+
+        uri = uri or self.uri
+        config = yaml.safe_load(job.config_yaml) or {}
+        client = self.client(uri)
+        run = client.create_run(self._experiment_id(uri, config if isinstance(config, dict) else {}),
+                                start_time=int(job.created_at * 1000), tags=self._tags(job), run_name=job.name)
+        run_id = run.info.run_id
+        params = [Param(key, value) for key, value in flatten(config).items() if key]
+        for start in range(0, len(params), BATCH_LIMIT):
+            client.log_batch(run_id, params=params[start:start + BATCH_LIMIT])
+        client.log_text(run_id, job.config_yaml, CONFIG_ARTIFACT)
+        client.update_run(run_id, status="SCHEDULED")
+        return run_id
 
     # --------------------------------------------------------------- hooks
 
     def on_enqueue(self, job: Any) -> dict[str, str] | None:
-        return {"run_id": self.create_run(job), "uri": self.uri}
+        return {"run_id": self._call(lambda: self.create_run(job)), "uri": self.uri}
 
     def on_claim(self, job: Any) -> dict[str, str] | None:
-        run_id = self.run_id(job)
+        run_id, uri = self.run_ref(job)
         created = None
-        if run_id is None:  # MLflow was unreachable at enqueue: create the run now
-            run_id = self.create_run(job)
-            self._run_ids[job.id] = run_id
-            created = {"run_id": run_id, "uri": self.uri}
-        self._set_tags(run_id, {
-            "expctl.attempt": str(job.attempt),
-            "expctl.worker": job.worker_id or "",
-            "expctl.gpus": job.gpus or "none",
-            "host": socket.gethostname(),
-        })
-        self._call(lambda: self.client.update_run(run_id, status="RUNNING"))
+
+        def claim() -> None:
+            nonlocal run_id, created
+            client = self.client(uri)
+            if run_id is None:  # MLflow was unreachable at enqueue: create the run now
+                run_id = self.create_run(job, uri)
+                created = {"run_id": run_id, "uri": uri}
+            self._set_tags(client, run_id, {
+                "expctl.status": "running",
+                "expctl.attempt": str(job.attempt),
+                "expctl.worker": job.worker_id or "",
+                "expctl.gpus": job.gpus or "none",
+                "host": socket.gethostname(),
+            })
+            client.update_run(run_id, status="RUNNING")
+
+        self._call(claim)
         return created
 
     def child_env(self, job: Any) -> dict[str, str]:
-        run_id = self.run_id(job)
+        run_id, uri = self.run_ref(job)
         if run_id is None:
             return {}
-        return {"MLFLOW_TRACKING_URI": self.uri, "MLFLOW_RUN_ID": run_id}
+        return {"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id, **{
+            key: os.environ.get(key, value) for key, value in FAIL_FAST_ENVIRONMENT.items()}}
 
     def on_finish(self, job: Any, status: str, reason: str, log_path: str | None) -> None:
-        run_id = self.run_id(job)
+        run_id, uri = self.run_ref(job)
         if run_id is None:
-            return
-        self._set_tags(run_id, {"expctl.status": status, "expctl.end_reason": reason})
-        if log_path and Path(log_path).is_file():
-            self._call(lambda: self.client.log_artifact(run_id, log_path))
-        self._call(lambda: self.client.set_terminated(run_id, END_STATUSES.get(status, "FAILED")))
+            return  # no run yet: SafeTracker noted the earlier failure, sync creates it
+        folder = Path(log_path).parent if log_path else None
+        ended = _with(job, status=status, end_reason=reason, finished_at=job.finished_at or time.time())
+
+        def finish() -> None:
+            client = self.client(uri)
+            self._set_tags(client, run_id, {"expctl.status": status, "expctl.end_reason": reason})
+            if folder is not None:
+                self._fill_in(client, run_id, folder, always_upload=(JOB_LOG,))
+            self._set_status(client, run_id, ended)
+
+        self._call(finish)
 
     def on_requeue(self, job: Any, reason: str) -> None:
-        run_id = self.run_id(job)
+        run_id, uri = self.run_ref(job)
         if run_id is None:
             return
-        self._set_tags(run_id, {"expctl.status": "queued", "expctl.requeue_reason": reason})
-        self._call(lambda: self.client.update_run(run_id, status="SCHEDULED"))
 
-    def web_address(self, job: Any) -> str | None:
-        """The run's page in the MLflow UI, when the tracking URI is a server's address."""
-        run_id = self.run_id(job)
-        if run_id is None or not self.uri.startswith("http"):
-            return None
-        run = self.client.get_run(run_id)
-        return f"{self.uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+        def requeue() -> None:
+            client = self.client(uri)
+            self._set_tags(client, run_id, {"expctl.status": "queued", "expctl.requeue_reason": reason})
+            client.update_run(run_id, status="SCHEDULED")
+
+        self._call(requeue)
+
+    # ------------------------------------------------------------- catch-up
+
+    def sync(self, job: Any, folder: Path | None) -> SyncReport:
+        """Make the job's run match the job: create it when missing, fill in an ended job's metrics
+        and files from ``folder`` (``experiments/<job>``), and set the run's status. Idempotent."""
+        return self._call(lambda: self._sync(job, folder))
+
+    def _sync(self, job: Any, folder: Path | None) -> SyncReport:
+        from mlflow.exceptions import MlflowException
+
+        run_id, uri = self.run_ref(job)
+        client = self.client(uri)
+        run = None
+        if run_id is not None:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException as error:
+                if getattr(error, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+        report = SyncReport(job.id, run_id or "", uri)
+        if run is None:
+            if run_id is not None:
+                report.actions.append(f"run {run_id} not found at {uri}")
+            report.run_id = self.create_run(job, uri)
+            report.created = True
+            report.actions.append("created the run")
+            run = client.get_run(report.run_id)
+        wanted = RUN_STATUS.get(job.status, "FAILED")
+        if run.info.status != wanted or report.created:
+            if job.status in ENDED_JOB_STATUSES and folder is not None:
+                report.actions.extend(self._fill_in(client, report.run_id, folder, always_upload=(JOB_LOG,)))
+            tags = {"expctl.status": job.status}
+            if job.end_reason:
+                tags["expctl.end_reason"] = job.end_reason
+            if job.attempt:
+                tags["expctl.attempt"] = str(job.attempt)
+            self._set_tags(client, report.run_id, tags)
+            self._set_status(client, report.run_id, job)
+            report.actions.append(f"status {run.info.status} -> {wanted}")
+        return report
+
+    def _fill_in(self, client: Any, run_id: str, folder: Path, always_upload: tuple[str, ...] = ()) -> list[str]:
+        """Log what the child left in ``folder`` and the run lacks: per-epoch metrics from
+        ``metrics.jsonl``, final numbers from ``result.json``, the folder's files as artifacts."""
+        from mlflow.entities import Metric
+
+        actions: list[str] = []
+        if not folder.is_dir():
+            return actions
+        run = client.get_run(run_id)
+        timestamp = int(time.time() * 1000)
+        missing: list[Metric] = []
+        rows = read_metrics_lines(folder / METRICS_FILE)
+        for key in sorted({key for _step, values in rows for key in values}):
+            logged = {metric.step for metric in client.get_metric_history(run_id, key)} \
+                if key in run.data.metrics else set()
+            missing.extend(Metric(key, values[key], timestamp, step)
+                           for step, values in rows if key in values and step not in logged)
+        result_path = folder / RESULT_FILE
+        if result_path.is_file():
+            try:
+                result = json.loads(result_path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                result = {}
+            step = max((step for step, _values in rows), default=0)
+            missing.extend(Metric(key, value, timestamp, step)
+                           for key, value in numeric_leaves(result if isinstance(result, dict) else {}).items()
+                           if key not in run.data.metrics)
+        for start in range(0, len(missing), METRIC_BATCH_LIMIT):
+            client.log_batch(run_id, metrics=missing[start:start + METRIC_BATCH_LIMIT])
+        if missing:
+            actions.append(f"logged {len(missing)} metric value(s)")
+        present = {Path(info.path).name for info in client.list_artifacts(run_id)}
+        uploaded = []
+        for path in sorted(folder.iterdir()):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            if path.name in always_upload or (path.name not in present and not _is_own_log(path.name)):
+                client.log_artifact(run_id, str(path))
+                uploaded.append(path.name)
+        if uploaded:
+            actions.append(f"uploaded {', '.join(uploaded)}")
+        return actions
+
+
+def _with(job: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(job, **changes) if dataclasses.is_dataclass(job) else job
+
+
+def _is_own_log(name: str) -> bool:
+    """An app's own ``*.log`` (Hydra writes ``<task>.log``): ``job.log`` already holds its output."""
+    return name.endswith(".log") and name != JOB_LOG
+
+
+# MLflow error codes that mean "this request was wrong", not "MLflow is down".
+REQUEST_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+                                 "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"})
+
+
+def _is_request_error(error: BaseException) -> bool:
+    """Whether MLflow refused this one request (the next one may well work)."""
+    return getattr(error, "error_code", None) in REQUEST_ERROR_CODES
