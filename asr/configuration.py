@@ -34,11 +34,11 @@ class FeaturesConfig:
 class ModelParameters:
     """Parameters of the architectures in ``asr.models``; each one reads what it needs."""
 
-    rnn_type: str = "lstm"  # "lstm" or "gru"
-    rnn_sizes: list[int] = field(default_factory=lambda: [256, 256])
-    conv_filters: list[int] = field(default_factory=lambda: [32, 32])
+    rnn_type: str = "gru"  # "lstm" or "gru"
+    rnn_sizes: list[int] = field(default_factory=lambda: [192, 192])
+    conv_filters: list[int] = field(default_factory=lambda: [16, 16])
     conv_kernels: list[list[int]] = field(default_factory=lambda: [[11, 41], [11, 21]])  # (time, freq)
-    conv_strides: list[list[int]] = field(default_factory=lambda: [[2, 2], [1, 2]])  # (time, freq)
+    conv_strides: list[list[int]] = field(default_factory=lambda: [[3, 2], [1, 2]])  # (time, freq)
     dense_sizes: list[int] = field(default_factory=lambda: [512, 512])  # deepspeech (DS1) only
     context: int = 5  # deepspeech (DS1) only: frames of context on each side
     dropout: float = 0.1
@@ -63,13 +63,13 @@ class DataConfig:
 @dataclass
 class OptimizerConfig:
     name: str = "adam"  # "adam", "adamw" or "sgd"
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     weight_decay: float = 0.0
     clipnorm: Optional[float] = 5.0
     schedule: str = "plateau"  # "constant", "plateau" or "exponential"
     decay_rate: float = 0.5  # plateau: factor on stall; exponential: factor per epoch
     plateau_patience: int = 2
-    warmup_steps: int = 0
+    warmup_steps: int = 50
 
 
 @dataclass

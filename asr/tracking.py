@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +19,28 @@ logger = logging.getLogger("asr.tracking")
 
 CURVE_METRICS = ("loss", "val_loss")
 RATE_METRICS = ("val_wer", "val_cer")
+# Extra MLflow names for per-epoch metrics: ``throughput`` is audio seconds trained per second.
+METRIC_ALIASES = {"audio_seconds_per_second": "throughput"}
+# Fail fast when MLflow is down (MLflow retries for minutes by default); no telemetry thread.
+FAIL_FAST_ENVIRONMENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_DISABLE_TELEMETRY": "true",
+                         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
+def numeric_leaves(value: Any, prefix: str = "") -> dict[str, float]:
+    """Numbers in nested dicts, keys joined by ``_`` (``{"test": {"wer": 0.3}}`` → ``{"test_wer": 0.3}``).
+
+    Lists, strings and booleans are left out. The queue (``expctl``) names the numbers of a
+    ``result.json`` the same way when it fills in a run, so both agree.
+    """
+    if isinstance(value, dict):
+        found: dict[str, float] = {}
+        for key, item in value.items():
+            found.update(numeric_leaves(item, f"{prefix}{key}_"))
+        return found
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {prefix.rstrip("_"): float(value)}
+    return {}
 
 
 def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> Path:
@@ -54,8 +77,8 @@ class MlflowRunLogger:
     """Training callback (``on_epoch_end``, ``on_train_end``) that logs into an existing MLflow run."""
 
     def __init__(self, run_id: str, tracking_uri: str | None = None) -> None:
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        for key, value in FAIL_FAST_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
         from mlflow.tracking import MlflowClient
 
         self.run_id = run_id
@@ -85,36 +108,58 @@ class MlflowRunLogger:
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
         from mlflow.entities import Metric
 
-        import time
-
         now = int(time.time() * 1000)
         rows = [Metric(key, float(value), now, step) for key, value in metrics.items()
                 if isinstance(value, (int, float)) and not isinstance(value, bool)]
-        self._safely("metrics", lambda: self.client.log_batch(self.run_id, metrics=rows))
+        if rows:
+            self._safely("metrics", lambda: self.client.log_batch(self.run_id, metrics=rows))
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
-        self.log_metrics({key: value for key, value in metrics.items() if key != "epoch"}, step=epoch)
+        """Log one epoch's metrics (as in ``metrics.jsonl``, plus ``throughput``) at step ``epoch``."""
+        values = {key: value for key, value in metrics.items() if key != "epoch"}
+        values.update({alias: metrics[key] for key, alias in METRIC_ALIASES.items() if key in metrics})
+        self.log_metrics(values, step=epoch)
 
     def on_train_end(self, result: dict) -> None:
         """Nothing here: the outputs exist only after testing and saving (see :meth:`log_outputs`)."""
 
     def log_outputs(self, exp_dir: Path, result: dict[str, Any]) -> None:
-        """Final metrics and the run's files: bundle, result, metrics, learning curve, transcripts."""
-        final = {f"test_{key}": value for key, value in (result.get("test") or {}).items()}
-        for key in ("best_val_loss", "epochs_run", "total_seconds"):
-            if result.get(key) is not None:
-                final[key] = result[key]
-        self.log_metrics(final, step=int(result.get("epochs_run") or 0))
-        history = [json.loads(line) for line in (exp_dir / "metrics.jsonl").read_text().splitlines()
-                   if line.strip()] if (exp_dir / "metrics.jsonl").is_file() else []
+        """Final metrics and the run's files: bundle, result, metrics, learning curve, transcripts.
+
+        The learning curve is written to ``exp_dir`` first, so it is there even when MLflow is
+        not (the queue uploads what a run lacks when the job ends). Never raises.
+        """
+        try:
+            self._log_outputs(exp_dir, result)
+        except Exception as error:  # noqa: BLE001 - the model is trained and saved: never fail here
+            logger.warning("logging the outputs to MLflow failed: %s", error)
+
+    def _log_outputs(self, exp_dir: Path, result: dict[str, Any]) -> None:
+        self.log_metrics(numeric_leaves(result), step=int(result.get("epochs_run") or 0))
+        files = []
+        history = read_history(exp_dir / "metrics.jsonl")
         if history:
-            self._safely("learning curve", lambda: self.client.log_artifact(
-                self.run_id, str(plot_learning_curve(history, exp_dir / "learning_curve.png"))))
+            files.append(plot_learning_curve(history, exp_dir / "learning_curve.png"))
+        files.extend(exp_dir / name for name in ("model.bin", "result.json", "metrics.jsonl"))
         samples = result.get("sample_transcripts") or []
         if samples:
             table = {key: [sample.get(key) for sample in samples] for key in ("audio_filepath", "reference",
                                                                               "hypothesis")}
             self._safely("transcripts", lambda: self.client.log_table(self.run_id, table, "sample_transcripts.json"))
-        for name in ("model.bin", "result.json", "metrics.jsonl"):
-            if (exp_dir / name).is_file():
-                self._safely(name, lambda name=name: self.client.log_artifact(self.run_id, str(exp_dir / name)))
+        for path in files:
+            if path.is_file():
+                self._safely(path.name, lambda path=path: self.client.log_artifact(self.run_id, str(path)))
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The per-epoch rows of ``metrics.jsonl`` (unreadable lines skipped)."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "epoch" in row:
+                rows.append(row)
+    return rows

@@ -19,24 +19,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file is called queue.py: keep its folder off sys.path, or it would shadow the standard
-# library's `queue` (which multiprocessing imports).
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import multiprocessing  # noqa: E402
-import os  # noqa: E402
-import sqlite3  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import multiprocessing
+import os
+import sqlite3
+import statistics
+import subprocess
+import tempfile
+import time
 
 REPO = Path(__file__).resolve().parents[1]
 APPS = REPO / "tests" / "apps"
 sys.path.insert(0, str(REPO))
 
-from expctl import db, jobs, specs  # noqa: E402
+from expctl import db, jobs, specs
 
 CLAIMERS = 4
 

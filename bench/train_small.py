@@ -52,7 +52,8 @@ def main() -> None:
         composed = compose("config", overrides=[
             f"data.train_manifest={corpus_dir / 'train.jsonl'}", f"data.dev_manifest={corpus_dir / 'dev.jsonl'}",
             f"data.test_manifest={corpus_dir / 'test.jsonl'}", f"exp_dir={exp_dir}", "trainer.epochs=1000",
-            f"trainer.time_limit_minutes={arguments.minutes}", "trainer.resume=false", *arguments.overrides])
+            f"trainer.time_limit_minutes={arguments.minutes}", "trainer.resume=false", "trainer.batch_size=8",
+            "trainer.log_every_steps=1000", *arguments.overrides])
     config = validate(OmegaConf.to_container(composed, resolve=True))
 
     import keras
@@ -72,7 +73,7 @@ def main() -> None:
     best = min(history, key=lambda epoch: epoch.get("val_loss", epoch["loss"]))
     figures = {
         "model": f"{config.model.name} {config.model.parameters.rnn_type} {list(config.model.parameters.rnn_sizes)}",
-        "parameters": int(training.model.count_params()),
+        "parameters": int(training.model.count_params()), "batch_size": int(config.trainer.batch_size),
         "train_utterances": sum(1 for _ in open(config.data.train_manifest)),
         "epochs": len(history), "minutes_used": round(budget_seconds / 60, 2),
         "train_audio_seconds_per_second": round(throughput, 1),

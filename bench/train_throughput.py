@@ -26,11 +26,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# bench/ holds queue.py (the queue benchmark): as the script's folder it would shadow the
-# standard library's ``queue`` (TensorFlow imports it), so swap it for the repository root
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _BENCH]
-sys.path.insert(0, str(_BENCH.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import argparse
 import functools

@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Queue database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+tracking_app = typer.Typer(help="Experiment tracking (MLflow) of the queue's jobs.", no_args_is_help=True)
+app.add_typer(tracking_app, name="tracking")
 
 console = Console()
 error_console = Console(stderr=True)
@@ -54,7 +56,8 @@ def _options(
         help="Queue database URL (default: sqlite at queue/expctl.db under the current folder).",
     ),
     tracking: Optional[str] = typer.Option(
-        None, "--tracking", envvar="EXPCTL_TRACKING", help="Experiment tracker: none or mlflow."
+        None, "--tracking", envvar="EXPCTL_TRACKING",
+        help="Experiment tracker: mlflow (default; MLFLOW_TRACKING_URI, else sqlite:///mlflow.db) or none.",
     ),
 ) -> None:
     state.db_url = db_url
@@ -123,6 +126,16 @@ def enqueue(
             console.print(f"{where}queued job {ids}: {result.jobs[0].name}")
     if file is not None:
         console.print(f"{total} job(s) queued from {file}")
+    _report_untracked(tracker)
+
+
+def _report_untracked(tracker) -> None:  # noqa: ANN001 - SafeTracker
+    """One line when the tracker failed: which jobs have no up-to-date run, and how that is repaired."""
+    if tracker.unsynced:
+        ids = " ".join(str(job_id) for job_id in sorted(tracker.unsynced))
+        error_console.print(f"warning: {tracker.name} could not track job(s) {ids}; the daemon catches up when "
+                            f"{tracker.name} answers again, or run `expctl tracking sync {ids}`",
+                            markup=False, highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- consume
@@ -214,10 +227,15 @@ def show(job_id: int = typer.Argument(..., help="Job id.")) -> None:
         ("exit code", "-" if job.exit_code is None else jobs.describe_exit(job.exit_code)),
         ("created", _when(job.created_at)), ("started", _when(job.started_at)), ("finished", _when(job.finished_at)),
         ("config hash", job.config_hash[:16]),
-        ("tracking run", job.tracking_run_id or "-"),
+        ("tracking run", job.tracking_run_id or "- (none yet: `expctl tracking sync` creates it)"),
     ]
-    if job.tracking_uri:
-        rows.append(("tracking URI", job.tracking_uri))
+    if job.tracking_run_id:
+        from expctl.mlflow_tracker import run_address
+
+        uri = job.tracking_uri or ""
+        rows.append(("tracking URI", uri or "-"))
+        if uri:
+            rows.append(("MLflow UI", run_address(job.tracking_run_id, uri)))
     if job.status == jobs.QUEUED and job.not_before > time.time():
         rows.append(("not before", _when(job.not_before)))
     for field_name, value in rows:
@@ -293,12 +311,37 @@ def cancel(
     engine = state.engine()
     if (job_id is None) == (sweep is None):
         raise UserError("give either a job ID or --sweep ID")
+    before = _jobs_of(engine, job_id, sweep)
     if sweep is not None:
         counts = jobs.cancel_sweep(engine, sweep)
         summary = ", ".join(f"{count} {what}" for what, count in counts.items()) or "nothing active"
         console.print(f"sweep {sweep}: {summary}")
     else:
         console.print(f"job {job_id}: {jobs.cancel(engine, job_id)}")
+    # A running job's run is ended by its daemon; a queued job never reaches one.
+    _track_changes(engine, before, lambda tracker, job: tracker.on_finish(
+        job, job.status, job.end_reason or "cancelled", None), only_status=jobs.CANCELLED)
+
+
+def _jobs_of(engine: Engine, job_id: int | None, sweep: int | None) -> list[jobs.Job]:
+    if sweep is not None:
+        return jobs.list_jobs(engine, sweep_id=sweep)
+    return [jobs.get_job(engine, job_id)] if job_id is not None else []
+
+
+def _track_changes(engine: Engine, before: list[jobs.Job], hook, only_status: str) -> None:  # noqa: ANN001
+    """Tell the tracker about jobs that moved to ``only_status`` (and have a run to update)."""
+    changed = []
+    for old in before:
+        new = jobs.get_job(engine, old.id)
+        if new.status == only_status and old.status != only_status and new.tracking_run_id:
+            changed.append(new)
+    if not changed:
+        return
+    tracker = _tracker()
+    for job in changed:
+        hook(tracker, job)
+    _report_untracked(tracker)
 
 
 @app.command()
@@ -311,12 +354,15 @@ def retry(
     engine = state.engine()
     if (job_id is None) == (sweep is None):
         raise UserError("give either a job ID or --sweep ID")
+    before = _jobs_of(engine, job_id, sweep)
     if sweep is not None:
         count = jobs.retry_sweep(engine, sweep, failed_only=failed_only)
         console.print(f"sweep {sweep}: {count} job(s) queued again")
     else:
         jobs.retry(engine, job_id)
         console.print(f"job {job_id}: queued again")
+    _track_changes(engine, before, lambda tracker, job: tracker.on_requeue(job, "retried by a user"),
+                   only_status=jobs.QUEUED)
 
 
 @app.command()
@@ -332,6 +378,50 @@ def workers(all_workers: bool = typer.Option(False, "--all", help="Include stopp
         table.add_row(worker["id"], worker["status"], worker["host"], str(worker["pid"]), worker["gpus"],
                       str(worker["current_job_id"] or "-"), _when(worker["started_at"]), _ago(worker["heartbeat_at"]))
     console.print(table)
+
+
+@tracking_app.command("sync")
+def tracking_sync(
+    job_ids: Optional[list[int]] = typer.Argument(None, help="Job ids (default: every job)."),
+    workdir: Optional[Path] = typer.Option(
+        None, "--workdir", envvar="EXPCTL_WORKDIR", help="The daemon's folder holding experiments/<job>."
+    ),
+) -> None:
+    """Create the MLflow runs of jobs that have none, and put every run in its job's status.
+
+    Jobs queued or run while MLflow was unreachable get their run: params, tags, the job's
+    status and times, and from experiments/<job>/ the per-epoch metrics (metrics.jsonl), the
+    final ones (result.json) and the files as artifacts. Safe to run again.
+    """
+    from expctl.mlflow_tracker import MlflowTracker
+
+    engine = state.engine()
+    folder = (workdir or Path.cwd()).resolve()
+    selected = [jobs.get_job(engine, job_id) for job_id in job_ids] if job_ids else jobs.list_jobs(engine)
+    tracker = MlflowTracker()
+    table = Table(title=f"MLflow sync ({tracker.uri})")
+    for column in ("job", "status", "run", "done"):
+        table.add_column(column, overflow="fold")
+    failures = 0
+    for job in selected:
+        try:
+            report = tracker.sync(job, folder / "experiments" / str(job.id))
+        except Exception as error:  # noqa: BLE001 - report each job, go on with the others
+            failures += 1
+            message = str(error).strip().splitlines()
+            table.add_row(str(job.id), job.status, job.tracking_run_id or "-",
+                          f"[red]failed: {message[0] if message else type(error).__name__}[/]")
+            if tracker.paused:
+                break
+            continue
+        if report.run_id != job.tracking_run_id or (report.uri != job.tracking_uri):
+            jobs.set_tracking(engine, job.id, report.run_id, report.uri)
+        table.add_row(str(job.id), job.status, report.run_id, "; ".join(report.actions) or "in sync")
+    console.print(table)
+    if failures:
+        error_console.print(f"error: {failures} job(s) could not be synced with MLflow at {tracker.uri}",
+                            markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @db_app.command("upgrade")

@@ -9,6 +9,7 @@ LISTEN/NOTIFY; a real claim is tried only when something changed, or every ``SAF
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -31,6 +32,7 @@ from expctl.tracking import SafeTracker, get_tracker
 logger = logging.getLogger("expctl.daemon")
 
 SAFETY_CLAIM_S = 1.0  # try a claim at least this often even when nothing seems to change
+TRACKING_SYNC_S = 30.0  # how often an idle daemon retries the tracking of jobs whose tracking failed
 WAKE_SLICE_S = 0.25  # longest uninterrupted idle wait (signals are noticed between slices)
 MAX_HEARTBEAT_S = 2.0
 
@@ -151,6 +153,7 @@ class Daemon:
         self.jobs_run = 0
         self._next_reap = 0.0
         self._next_touch = 0.0
+        self._next_tracking_sync = 0.0
 
     # -------------------------------------------------------------- signals
 
@@ -201,6 +204,7 @@ class Daemon:
         finally:
             if watcher is not None:
                 watcher.close()
+            self._sync_tracking(final=True)
             try:
                 jobs.stop_worker(self.engine, self.worker_id)
             except SQLAlchemyError as error:
@@ -225,12 +229,12 @@ class Daemon:
             try:
                 for job, outcome in jobs.requeue_expired(self.engine, self.worker_id):
                     logger.info("job %d: %s", job.id, outcome.reason)
-                    if outcome.status == jobs.QUEUED:
-                        self.tracker.on_requeue(job, outcome.reason)
-                    else:
-                        self.tracker.on_finish(job, outcome.status, outcome.reason, None)
+                    self._track_end(job, outcome, self.job_dir(job) / "job.log")
             except SQLAlchemyError as error:
                 logger.warning("requeueing expired jobs failed: %s", _first_line(error))
+        if self.tracker.unsynced and current >= self._next_tracking_sync:
+            self._next_tracking_sync = current + TRACKING_SYNC_S
+            self._sync_tracking()
         if current >= self._next_touch:
             self._next_touch = current + 10.0
             try:
@@ -286,7 +290,7 @@ class Daemon:
             logger.error("job %d: cannot prepare %s: %s", job.id, folder, error)
             self._finish(job, 1, cancelled=False, log_path=None)
             return
-        self.tracker.on_claim(job)
+        job = self._claim_tracking(job)
         child = child_process.start(
             self.child_command(job), env=self.child_env(job), cwd=self.options.workdir,
             log_path=log_path, death_grace_s=min(self.options.grace_s, 5.0),
@@ -307,7 +311,7 @@ class Daemon:
                 self._write_log(log_path, reason)
                 if self._guarded(lambda: jobs.requeue_own(self.engine, job, self.worker_id, reason)):
                     logger.info("job %d: requeued", job.id)
-                    self.tracker.on_requeue(job, reason)
+                    self._track_end(job, jobs.Outcome(jobs.QUEUED, reason), log_path)
                 return
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + beat_s
@@ -341,10 +345,55 @@ class Daemon:
         logger.info("job %d: %s", job.id, outcome.reason)
         if log_path is not None:
             self._write_log(log_path, outcome.reason)
+        self._track_end(job, outcome, log_path)
+        if self.tracker.unsynced and not self.tracker.paused:
+            self._sync_tracking()
+
+    # -------------------------------------------------------------- tracking
+
+    def _claim_tracking(self, job: jobs.Job) -> jobs.Job:
+        """Tell the tracker the job starts; store a run it had to create now (it was down at enqueue)."""
+        created = self.tracker.on_claim(job)
+        if created and created.get("run_id"):
+            run_id, uri = created["run_id"], created.get("uri")
+            self._guarded(lambda: jobs.set_tracking(self.engine, job.id, run_id, uri))
+            job = dataclasses.replace(job, tracking_run_id=run_id, tracking_uri=uri)
+        return job
+
+    def _with_current_tracking(self, job: jobs.Job) -> jobs.Job:
+        """The job with the run id stored now (``expctl tracking sync`` may have created it meanwhile)."""
+        current = self._guarded(lambda: jobs.get_job(self.engine, job.id))
+        if current is None or current.tracking_run_id == job.tracking_run_id:
+            return job
+        return dataclasses.replace(job, tracking_run_id=current.tracking_run_id, tracking_uri=current.tracking_uri)
+
+    def _track_end(self, job: jobs.Job, outcome: jobs.Outcome, log_path: Path | None) -> None:
+        """The run follows the job: SCHEDULED again when it was requeued, else ended like the job."""
+        job = self._with_current_tracking(job)
         if outcome.status == jobs.QUEUED:
             self.tracker.on_requeue(job, outcome.reason)
         else:
-            self.tracker.on_finish(job, outcome.status, outcome.reason, str(log_path) if log_path else None)
+            log = str(log_path) if log_path is not None and log_path.is_file() else None
+            self.tracker.on_finish(job, outcome.status, outcome.reason, log)
+
+    def _sync_tracking(self, final: bool = False) -> None:
+        """Retry the tracking of jobs whose tracking failed (MLflow was down); say what is left."""
+        for job_id in sorted(self.tracker.unsynced):
+            if self.tracker.paused:
+                break
+            job = self._guarded(lambda: jobs.get_job(self.engine, job_id))
+            if job is None:
+                break
+            report = self.tracker.sync(job, self.job_dir(job))
+            if report is None:
+                break
+            if report.run_id and report.run_id != job.tracking_run_id:
+                self._guarded(lambda: jobs.set_tracking(self.engine, job.id, report.run_id, report.uri))
+            logger.info("job %d: tracking caught up (%s)", job.id, "; ".join(report.actions) or "in sync")
+        if final and self.tracker.unsynced:
+            ids = " ".join(str(job_id) for job_id in sorted(self.tracker.unsynced))
+            logger.warning("the %s runs of job(s) %s are out of date: run `expctl tracking sync %s` once %s "
+                           "is reachable", self.tracker.name, ids, ids, self.tracker.name)
 
     def _guarded(self, action: Any) -> Any:
         try:

@@ -45,12 +45,13 @@ METRIC_BATCH_LIMIT = 1000
 # MLflow retries an HTTP call 7 times with exponential backoff by default (minutes on a dead
 # server): the queue must not wait that long. These apply to this process and to its children,
 # unless the user set them. Telemetry is off because its thread would make the daemon fork
-# from a multi-threaded process.
+# from a multi-threaded process; the "View run at" lines MLflow prints on stdout are off too.
 FAIL_FAST_ENVIRONMENT = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 RUN_STATUS = {"queued": "SCHEDULED", "running": "RUNNING", "succeeded": "FINISHED", "failed": "FAILED",

@@ -17,6 +17,7 @@ def tiny_config(name: str = "deepspeech2", rnn_type: str = "lstm"):
     config.parameters.rnn_type = rnn_type
     config.parameters.rnn_sizes = [16, 16]
     config.parameters.conv_filters = [4, 4]
+    config.parameters.conv_strides = [[2, 2], [1, 2]]
     config.parameters.dense_sizes = [16]
     config.parameters.context = 2
     return config

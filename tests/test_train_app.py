@@ -74,7 +74,7 @@ def test_bad_choice_is_exit_code_2(tmp_path):
 def test_bad_data_is_exit_code_2_with_one_line(corpus, tmp_path):
     run = train_app(*TINY, f"data.train_manifest={tmp_path / 'missing.jsonl'}", f"hydra.run.dir={tmp_path / 'a'}")
     assert run.returncode == 2, run.stderr[-2000:]
-    assert "error: manifest not found" in run.stderr and "Traceback" not in run.stderr
+    assert run.stderr.startswith("error: ") and "manifest not found" in run.stderr and "Traceback" not in run.stderr
     bad = tmp_path / "bad.jsonl"
     first = json.loads(Path(corpus["train"]).read_text().splitlines()[0])
     first["audio_filepath"] = str(Path(corpus["train"]).parent / first["audio_filepath"])
