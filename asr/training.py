@@ -286,6 +286,13 @@ class Trainer:
                             float(self.optimizer.learning_rate.numpy()))
         return total_loss / max(total_count, 1), time.perf_counter() - started
 
+    def _save_best_weights(self) -> None:
+        """``best.weights.h5``, atomically (a kill mid-write leaves the previous file intact)."""
+        target = self.checkpoint_dir / BEST_WEIGHTS
+        scratch = self.checkpoint_dir / f".{os.getpid()}.{BEST_WEIGHTS}"
+        self.model.save_weights(str(scratch))
+        os.replace(scratch, target)
+
     def evaluate_loss(self, data: SplitData) -> float:
         total, count = 0.0, 0.0
         for batch in self._dataset(data, 0, training=False):
@@ -332,7 +339,7 @@ class Trainer:
             if improved:
                 self.best_val_loss.assign(monitored)
                 self.epochs_without_improvement.assign(0)
-                self.model.save_weights(str(self.checkpoint_dir / BEST_WEIGHTS))
+                self._save_best_weights()
             else:
                 self.epochs_without_improvement.assign_add(1)
             self._schedule_after_epoch(epoch_index + 1, improved)

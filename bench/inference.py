@@ -152,7 +152,8 @@ def run_library(model: Path, files: list[str], warmup: list[str], lm: Path, beam
 
     pipeline = load_pipeline(model)
     started = time.perf_counter()
-    warm_logits, _ = acoustic_logits(pipeline, warmup)
+    for part in (warmup[:2], warmup[2:5], warmup):  # several shapes: tf.function relaxes to a generic trace
+        warm_logits, _ = acoustic_logits(pipeline, part)
     decode_logits(GreedyDecoder(pipeline.alphabet), warm_logits)
     log(f"warm-up (librosa, tf.function traces) on {len(warmup)} utterances: {time.perf_counter() - started:.1f}s")
     front = Timings()
@@ -210,6 +211,7 @@ def main() -> None:
     parser.add_argument("--beam-width", type=int, default=32)
     parser.add_argument("--alpha", type=float, default=None, help="LM weight (default: tuned on dev)")
     parser.add_argument("--beta", type=float, default=None, help="word bonus (default: tuned on dev)")
+    parser.add_argument("--dev", type=Path, help="dev manifest to tune alpha/beta on (default: the training corpus's)")
     parser.add_argument("--tune-trials", type=int, default=12)
     parser.add_argument("--lm-sentences", type=int, default=50000)
     parser.add_argument("--lm-order", type=int, default=3)
@@ -251,7 +253,7 @@ def main() -> None:
     model = arguments.model or train_model(work, arguments.train_count, arguments.epochs, arguments.jobs)
     alpha, beta = arguments.alpha, arguments.beta
     if alpha is None or beta is None:
-        dev = model.parent.parent / "train-corpus" / "dev.jsonl" if arguments.model is None else None
+        dev = arguments.dev or (work / "train-corpus" / "dev.jsonl" if arguments.model is None else None)
         if dev is not None and dev.exists():
             alpha, beta = tune(model, dev, lm, arguments.beam_width, arguments.tune_trials)
         else:

@@ -28,6 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+# Chromium reaches the server under this name (mapped to 127.0.0.1): on "localhost" the UI opens
+# its chat-assistant panel over a third of the page.
+PAGE_HOST = "mlflow.demo"
 
 
 def free_port() -> int:
@@ -102,13 +105,13 @@ def chromium() -> str:
 
 
 def screenshot(url: str, out: Path, budget_ms: int, size: str) -> None:
-    """Render ``url`` headless and save a PNG."""
+    """Render ``url`` headless (``PAGE_HOST`` resolves to 127.0.0.1) and save a PNG."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         command = [
             chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size}",
+            "--hide-scrollbars", f"--host-resolver-rules=MAP {PAGE_HOST} 127.0.0.1", f"--user-data-dir={profile}", f"--window-size={size}",
             f"--virtual-time-budget={budget_ms}", f"--screenshot={out}", url,
         ]
         result = subprocess.run(command, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
@@ -136,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     base = f"http://127.0.0.1:{port}"
     mlflow = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow) if mlflow.exists() else "mlflow", "server", "--backend-store-uri", store,
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    environment = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--allowed-hosts", f"127.0.0.1:{port},localhost:{port},{PAGE_HOST}:{port}",
+               "--cors-allowed-origins", f"http://{PAGE_HOST}:{port}"]
+    # No background job runner (GenAI jobs): it would hold the server up on SIGTERM.
+    environment = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     with tempfile.TemporaryFile() as server_log:
         server = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   env=environment, start_new_session=True)
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(server_log.read().decode(errors="replace")[-3000:], file=sys.stderr)
                 raise
             experiment_id, name = find_experiment(base, arguments.experiment)
-            url = f"{base}/#/experiments/{experiment_id}/runs"
+            url = f"http://{PAGE_HOST}:{port}/#/experiments/{experiment_id}/runs"
             print(f"rendering {url} (experiment {name!r})", file=sys.stderr)
             screenshot(url, arguments.out, arguments.budget_ms, arguments.window_size)
         finally:

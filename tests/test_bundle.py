@@ -97,3 +97,22 @@ def test_entries_outside_the_archive_root_are_refused(bundle_path, tmp_path, nam
         archive.writestr(zipfile.ZipInfo(name), b"x")
     with pytest.raises(UserError, match="outside the archive root"):
         load_bundle(tmp_path / "escape.bin")
+
+
+def test_load_model_finds_bare_names_and_lists_where_it_looked(bundle_path, tmp_path, monkeypatch):
+    import shutil
+
+    import asr
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ASR_MODELS_DIR", str(tmp_path / "models"))
+    with pytest.raises(UserError) as error:
+        asr.load_model("small-en")
+    assert str(tmp_path / "home" / ".cache" / "asr" / "models" / "small-en.bin") in str(error.value)
+    assert str(tmp_path / "models" / "small-en.bin") in str(error.value)
+    (tmp_path / "models").mkdir()
+    shutil.copy(bundle_path[0], tmp_path / "models" / "small-en.bin")
+    pipeline = asr.load_model("small-en")
+    assert pipeline.alphabet == Alphabet.default() and pipeline.model.count_params() == bundle_path[1].count_params()
+    with pytest.raises(UserError, match="not found"):
+        asr.load_model(str(tmp_path / "elsewhere" / "model.bin"))
