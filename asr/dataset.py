@@ -83,13 +83,17 @@ def batch_order(examples: Sequence[Example], batch_size: int, epoch: int, seed: 
 
 def make_dataset(examples: Sequence[Example], features_for: FeaturesFor, num_features: int, batch_size: int, *,
                  epoch: int = 0, seed: int = 0, sortagrad: bool = False, shuffle: bool = False,
-                 transform: Callable[[tf.Tensor], tf.Tensor] | None = None) -> tf.data.Dataset:
+                 augment_config: Any = None) -> tf.data.Dataset:
     """Padded batches ``{"features" [B,T,F], "feature_lengths" [B], "labels" [B,L], "label_lengths" [B], "index" [B]}``.
 
-    ``index`` points into ``examples`` (to name files when something goes wrong); ``transform``
-    maps one utterance's features ``[T, F]`` (augmentation) inside the pipeline.
+    ``index`` points into ``examples`` (to name files when something goes wrong). With an
+    ``augment_config`` asking for it, SpecAugment masks each utterance; the masks depend only on
+    ``(seed, epoch, index)``, so a resumed run sees the same ones.
     """
+    from asr.augment import spec_augment, spec_augment_enabled
+
     order = batch_order(examples, batch_size, epoch, seed, sortagrad, shuffle)
+    augment = augment_config is not None and spec_augment_enabled(augment_config)
 
     def load(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         example = examples[int(index)]
@@ -100,8 +104,9 @@ def make_dataset(examples: Sequence[Example], features_for: FeaturesFor, num_fea
         features, labels = tf.numpy_function(load, [index], (tf.float32, tf.int32), stateful=False)
         features.set_shape([None, num_features])
         labels.set_shape([None])
-        if transform is not None:
-            features = transform(features)
+        if augment:
+            mask_seed = tf.stack([tf.constant(seed * 1_000_003 + epoch, tf.int64), tf.cast(index, tf.int64)])
+            features = spec_augment(features, augment_config, mask_seed)
         return {"features": features, "feature_lengths": tf.shape(features)[0], "labels": labels,
                 "label_lengths": tf.shape(labels)[0], "index": tf.cast(index, tf.int32)}
 

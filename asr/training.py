@@ -239,7 +239,8 @@ class Trainer:
         trainer = self.config.trainer
         dataset = make_dataset(data.examples, data.features_for, int(self.config.features.num_features),
                                int(trainer.batch_size), epoch=epoch, seed=int(self.config.seed),
-                               sortagrad=bool(trainer.sortagrad) and training, shuffle=training)
+                               sortagrad=bool(trainer.sortagrad) and training, shuffle=training,
+                               augment_config=self.config.augment if training else None)
         return self.strategy.experimental_distribute_dataset(dataset)
 
     # ----- learning rate -------------------------------------------------------------------

@@ -154,6 +154,7 @@ class Daemon:
         self._next_reap = 0.0
         self._next_touch = 0.0
         self._next_tracking_sync = 0.0
+        self._tracking_refused: set[int] = set()
 
     # -------------------------------------------------------------- signals
 
@@ -386,12 +387,17 @@ class Daemon:
                 break
             report = self.tracker.sync(job, self.job_dir(job))
             if report is None:
-                break
+                if self.tracker.paused:
+                    break  # down again: later
+                self.tracker.unsynced.discard(job_id)  # refused for this job: retrying will not help
+                self._tracking_refused.add(job_id)
+                continue
             if report.run_id and report.run_id != job.tracking_run_id:
                 self._guarded(lambda: jobs.set_tracking(self.engine, job.id, report.run_id, report.uri))
             logger.info("job %d: tracking caught up (%s)", job.id, "; ".join(report.actions) or "in sync")
-        if final and self.tracker.unsynced:
-            ids = " ".join(str(job_id) for job_id in sorted(self.tracker.unsynced))
+        left = self.tracker.unsynced | self._tracking_refused
+        if final and left:
+            ids = " ".join(str(job_id) for job_id in sorted(left))
             logger.warning("the %s runs of job(s) %s are out of date: run `expctl tracking sync %s` once %s "
                            "is reachable", self.tracker.name, ids, ids, self.tracker.name)
 

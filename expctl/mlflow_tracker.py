@@ -19,6 +19,7 @@ This module imports MLflow only when it first talks to it: ``expctl list`` stays
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -154,7 +155,9 @@ def run_address(run_id: str, uri: str, timeout_s: float = 3.0) -> str:
     return (f"mlflow ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000/#/runs/{run_id}")
 
 
+@functools.lru_cache(maxsize=1)
 def _git_commit() -> str | None:
+    """The commit checked out in the current folder (asked once per process)."""
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 stdin=subprocess.DEVNULL)
@@ -177,10 +180,6 @@ class SyncReport:
     uri: str
     created: bool = False
     actions: list[str] = field(default_factory=list)
-
-    def as_tracking(self) -> dict[str, str]:
-        """The ``{"run_id", "uri"}`` to store on the job."""
-        return {"run_id": self.run_id, "uri": self.uri}
 
 
 class MlflowTracker:
@@ -304,11 +303,18 @@ class MlflowTracker:
         run = client.create_run(self._experiment_id(uri, config if isinstance(config, dict) else {}),
                                 start_time=int(job.created_at * 1000), tags=self._tags(job), run_name=job.name)
         run_id = run.info.run_id
-        params = [Param(key, value) for key, value in flatten(config).items() if key]
-        for start in range(0, len(params), BATCH_LIMIT):
-            client.log_batch(run_id, params=params[start:start + BATCH_LIMIT])
-        client.log_text(run_id, job.config_yaml, CONFIG_ARTIFACT)
-        client.update_run(run_id, status="SCHEDULED")
+        try:
+            params = [Param(key, value) for key, value in flatten(config).items() if key]
+            for start in range(0, len(params), BATCH_LIMIT):
+                client.log_batch(run_id, params=params[start:start + BATCH_LIMIT])
+            client.log_text(run_id, job.config_yaml, CONFIG_ARTIFACT)
+            client.update_run(run_id, status="SCHEDULED")
+        except Exception:
+            try:  # no half-made run: the next attempt (or sync) starts afresh
+                client.delete_run(run_id)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            raise
         return run_id
 
     # --------------------------------------------------------------- hooks
@@ -393,6 +399,9 @@ class MlflowTracker:
                 if getattr(error, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
                     raise
         report = SyncReport(job.id, run_id or "", uri)
+        if run is not None and run.info.lifecycle_stage == "deleted":
+            report.actions.append("run deleted in MLflow: left alone")
+            return report
         if run is None:
             if run_id is not None:
                 report.actions.append(f"run {run_id} not found at {uri}")

@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="MLflow backend store URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
     parser.add_argument("--experiment", default="demo", help="Experiment name (default: demo; else the newest).")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "mlflow-ui.png", help="PNG to write.")
+    parser.add_argument("--view", choices=("table", "chart"), default="table",
+                        help="The runs table, or the charts of their metrics (default: table).")
     parser.add_argument("--budget-ms", type=int, default=30000, help="Chromium's virtual-time budget.")
     parser.add_argument("--window-size", default="1600,900", help="Width,height of the page.")
     parser.add_argument("--start-timeout", type=float, default=180.0, help="Seconds to wait for the server.")
@@ -157,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             experiment_id, name = find_experiment(base, arguments.experiment)
             url = f"http://{PAGE_HOST}:{port}/#/experiments/{experiment_id}/runs"
+            if arguments.view == "chart":
+                url += "?compareRunsMode=CHART"
             print(f"rendering {url} (experiment {name!r})", file=sys.stderr)
             screenshot(url, arguments.out, arguments.budget_ms, arguments.window_size)
         finally:

@@ -6,7 +6,8 @@
   FAILED / KILLED, with params, per-epoch metrics and artifacts;
 * MLflow unreachable: the job still runs, the error is logged once, ``expctl tracking sync``
   creates its run later from the job's row and folder;
-* a daemon killed with ``kill -9``: the daemon that finds its expired lease ends the run.
+* a daemon killed with ``kill -9``: the daemon that finds its expired lease ends the run; a user's
+  retry schedules the same run again, cancelling the queued job ends it.
 """
 
 from __future__ import annotations
@@ -177,11 +178,11 @@ class World:
         output = self.check("enqueue", *args).stdout
         return int(output.split("queued job ")[1].split(":")[0])
 
-    def daemon(self, *args: str) -> subprocess.Popen:
+    def daemon(self, *args: str, **env: str) -> subprocess.Popen:
         """Start ``expctl consume --gpus none ARGS`` (its output goes to a file: ``process.log``)."""
         log = open(self.root / f"daemon-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115 - closed by finish()
         process = subprocess.Popen([sys.executable, "-m", "expctl", "consume", "--gpus", "none", *args],
-                                   cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=self.root, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         process.log = log  # type: ignore[attr-defined]
         return process
@@ -291,46 +292,59 @@ def test_jobs_are_runs_from_enqueue_to_their_end(mlflow_server: Server, world_fa
     assert f"{mlflow_server.url}/#/experiments/{experiment_id}/runs/{run_ids[good]}" in shown
 
 
-def test_an_unreachable_mlflow_never_stops_a_job_and_sync_creates_its_run(mlflow_server: Server,
-                                                                          world_factory) -> None:
+def test_an_unreachable_mlflow_never_stops_a_job_and_its_run_is_created_later(mlflow_server: Server,
+                                                                             world_factory) -> None:
     closed = f"http://127.0.0.1:{free_port()}"  # nobody listens there
     world = world_factory(closed)
-    enqueued = world.check("enqueue", *TESTAPP, "config", "tag=offline", "+experiment.name=offline",
+    enqueued = world.check("enqueue", *TESTAPP, "config", "tag=early,late", "+experiment.name=offline",
                            "--name", "offline", timeout=120)
-    job_id = int(enqueued.stdout.split("queued job ")[1].split(":")[0])
-    assert world.job(job_id).tracking_run_id is None
-    assert f"expctl tracking sync {job_id}" in enqueued.stderr  # the job is queued, the way back is named
+    early, late = (int(text) for text in enqueued.stdout.split("jobs (")[1].split(")")[0].split(", "))
+    assert world.job(early).tracking_run_id is None and world.job(late).tracking_run_id is None
+    assert f"expctl tracking sync {early} {late}" in enqueued.stderr  # queued anyway; the way back is named
 
-    output = world.finish(world.daemon("--until-empty"), timeout=300)
-    job = world.job(job_id)
+    # MLflow still down: the job runs and succeeds, the error is logged once.
+    output = world.finish(world.daemon("--once"), timeout=300)
+    job = world.job(early)
     assert job.status == "succeeded" and job.tracking_run_id is None, output
     failures = [line for line in output.splitlines() if "tracker mlflow failed" in line]
-    assert len(failures) == 1 and closed in failures[0], output  # logged once
-    assert f"expctl tracking sync {job_id}" in output  # and how to recover
+    assert len(failures) == 1 and closed in failures[0], output
+    assert f"expctl tracking sync {early}" in output  # how to recover
 
     # What a training child leaves in its folder.
-    folder = world.root / "experiments" / str(job_id)
+    folder = world.root / "experiments" / str(early)
     (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": epoch, "loss": 3.0 / epoch, "val_wer": 0.9})
                                                   + "\n" for epoch in (1, 2, 3)))
     (folder / "result.json").write_text(json.dumps({"epochs_run": 3, "test": {"wer": 0.8, "cer": 0.4},
                                                     "history": [1, 2, 3], "exp_dir": str(folder)}))
 
-    synced = world.check("tracking", "sync", MLFLOW_TRACKING_URI=mlflow_server.url, COLUMNS="300").stdout
-    job = world.job(job_id)
+    # MLflow is back: sync creates the ended job's run from its row and folder.
+    up = {"MLFLOW_TRACKING_URI": mlflow_server.url, "COLUMNS": "300"}
+    synced = world.check("tracking", "sync", str(early), **up).stdout
+    job = world.job(early)
     assert job.tracking_run_id and job.tracking_uri == mlflow_server.url, synced
     run = mlflow_server.run(job.tracking_run_id)
-    assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == "offline"
+    assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == job.name
     assert abs(int(run["info"]["end_time"]) - job.finished_at * 1000) < 1000
-    assert run["params"]["tag"] == "offline" and run["tags"]["expctl.job_id"] == str(job_id)
+    assert run["params"]["tag"] == "early" and run["tags"]["expctl.job_id"] == str(early)
     assert mlflow_server.history(job.tracking_run_id, "loss") == [(1, 3.0), (2, 1.5), (3, 1.0)]
     assert run["metrics"]["test_wer"] == 0.8 and run["metrics"]["epochs_run"] == 3
     assert {"config.yaml", "job.log", "metrics.jsonl", "result.json"} <= mlflow_server.artifacts(job.tracking_run_id)
     assert "succeeded" in mlflow_server.artifact_text(job.tracking_run_id, "job.log")
 
-    again = world.check("tracking", "sync", str(job_id), MLFLOW_TRACKING_URI=mlflow_server.url, COLUMNS="300").stdout
-    assert "in sync" in again and world.job(job_id).tracking_run_id == job.tracking_run_id
-    assert len(mlflow_server.history(job.tracking_run_id, "loss")) == 3
-    assert len(mlflow_server.runs_of("offline")) == 1
+    # The job queued while MLflow was down gets its run when a daemon claims it.
+    output = world.finish(world.daemon("--until-empty", MLFLOW_TRACKING_URI=mlflow_server.url), timeout=300)
+    job = world.job(late)
+    assert job.status == "succeeded" and job.tracking_run_id and job.tracking_uri == mlflow_server.url, output
+    run = mlflow_server.run(job.tracking_run_id)
+    assert run["info"]["status"] == "FINISHED" and run["tags"]["expctl.attempt"] == "1"
+    assert {"config.yaml", "job.log"} <= mlflow_server.artifacts(job.tracking_run_id)
+    assert "tracker mlflow failed" not in output
+
+    # Syncing again changes nothing.
+    again = world.check("tracking", "sync", **up).stdout
+    assert again.count("in sync") == 2, again
+    assert len(mlflow_server.history(world.job(early).tracking_run_id, "loss")) == 3
+    assert len(mlflow_server.runs_of("offline")) == 2
 
 
 def test_the_daemon_that_finds_a_dead_daemons_job_ends_its_run(mlflow_server: Server, world_factory) -> None:
@@ -353,3 +367,9 @@ def test_the_daemon_that_finds_a_dead_daemons_job_ends_its_run(mlflow_server: Se
     assert job.status == "failed" and "lost" in (job.end_reason or ""), output
     run = mlflow_server.run(run_id)
     assert run["info"]["status"] == "FAILED" and "lost" in run["tags"]["expctl.end_reason"]
+
+    # A user's retry schedules the same run again; cancelling the queued job ends it.
+    world.check("retry", str(job_id))
+    assert mlflow_server.run(run_id)["info"]["status"] == "SCHEDULED"
+    world.check("cancel", str(job_id))
+    assert mlflow_server.run(run_id)["info"]["status"] == "KILLED"
