@@ -50,17 +50,22 @@ def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [row["epoch"] for row in history]
+    colors = iter(f"C{index}" for index in range(10))  # one color per metric across both axes
     figure, loss_axis = plt.subplots(figsize=(7, 4), dpi=110)
     for key in CURVE_METRICS:
         if any(row.get(key) is not None for row in history):
-            loss_axis.plot(epochs, [row.get(key) for row in history], marker="o", label=key)
+            loss_axis.plot(epochs, [row.get(key) for row in history], marker="o", label=key, color=next(colors))
     loss_axis.set_xlabel("epoch")
+    loss_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_axis.set_ylabel("CTC loss")
     rate_axis = loss_axis.twinx()
     for key, style in zip(RATE_METRICS, ("--", ":")):
         if any(row.get(key) is not None for row in history):
-            rate_axis.plot(epochs, [row.get(key) for row in history], style, marker="s", label=key)
+            rate_axis.plot(epochs, [row.get(key) for row in history], style, marker="s", label=key,
+                           color=next(colors))
     rate_axis.set_ylabel("error rate")
     rate_axis.set_ylim(bottom=0)
     lines = loss_axis.get_legend_handles_labels()[0] + rate_axis.get_legend_handles_labels()[0]
@@ -136,10 +141,8 @@ class MlflowRunLogger:
 
     def _log_outputs(self, exp_dir: Path, result: dict[str, Any]) -> None:
         self.log_metrics(numeric_leaves(result), step=int(result.get("epochs_run") or 0))
-        files = []
-        history = read_history(exp_dir / "metrics.jsonl")
-        if history:
-            files.append(plot_learning_curve(history, exp_dir / "learning_curve.png"))
+        curve = save_learning_curve(exp_dir)
+        files = [curve] if curve is not None else []
         files.extend(exp_dir / name for name in ("model.bin", "result.json", "metrics.jsonl"))
         samples = result.get("sample_transcripts") or []
         if samples:
@@ -149,6 +152,12 @@ class MlflowRunLogger:
         for path in files:
             if path.is_file():
                 self._safely(path.name, lambda path=path: self.client.log_artifact(self.run_id, str(path)))
+
+
+def save_learning_curve(exp_dir: Path) -> Path | None:
+    """``exp_dir/learning_curve.png`` from ``exp_dir/metrics.jsonl`` (None without epochs). Needs no MLflow."""
+    history = read_history(Path(exp_dir) / "metrics.jsonl")
+    return plot_learning_curve(history, Path(exp_dir) / "learning_curve.png") if history else None
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
