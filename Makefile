@@ -23,4 +23,4 @@ demo: $(VENV)/.installed
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
 clean:
-	rm -rf experiments data/synth queue/expctl.db* mlflow.db mlartifacts
+	rm -rf experiments data/synth queue/expctl.db* mlflow.db mlruns mlartifacts

@@ -132,6 +132,7 @@ def _child_env(record: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(APPS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["EXPCTL_TEST_RECORD"] = str(record)
+    env["EXPCTL_TRACKING"] = "none"  # measure the queue, not MLflow
     return env
 
 

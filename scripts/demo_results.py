@@ -19,12 +19,12 @@ def main() -> None:
     if experiment is None:
         raise SystemExit(f"error: no MLflow experiment named {arguments.experiment!r}")
     table = Table(title=f"MLflow experiment {arguments.experiment!r}")
-    for column in ("job", "rnn_sizes", "status", "epochs", "test WER", "test CER", "minutes"):
+    for column in ("job", "rnn_sizes", "status", "epochs", "test WER", "test CER", "train minutes"):
         table.add_column(column)
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     for run in runs:
         metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
-        minutes = ((run.info.end_time or 0) - (run.info.start_time or 0)) / 60000 if run.info.end_time else None
+        minutes = metrics["total_seconds"] / 60 if "total_seconds" in metrics else None  # training, not queueing
         table.add_row(
             tags.get("expctl.job_id", "?"),
             params.get("model.parameters.rnn_sizes", "?"), run.info.status,
