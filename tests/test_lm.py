@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import kenlm
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -13,7 +12,7 @@ from asr.cli import app
 from asr.configuration import DecoderConfig
 from asr.decoding import greedy_decode, make_decoder
 from asr.errors import UserError
-from asr.lm import build_arpa, count_ngrams, adjust_counts, estimate_discounts, read_sentences
+from asr.lm import adjust_counts, build_arpa, count_ngrams, estimate_discounts, read_sentences
 from asr.text import Alphabet
 from tests.test_decoding import logits_for
 
