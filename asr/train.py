@@ -101,12 +101,14 @@ def main(cfg: DictConfig) -> None:
         OmegaConf.set_readonly(config, True)
         logger.info("exp_dir: %s", config.exp_dir)
         check_files(config)
-        from asr.tracking import MlflowRunLogger
+        from asr.tracking import MlflowRunLogger, save_learning_curve
 
         mlflow_logger = MlflowRunLogger.from_environment()  # set by the queue: log into its MLflow run
         result = run(config, callbacks=[mlflow_logger] if mlflow_logger else [])
         if mlflow_logger is not None:
-            mlflow_logger.log_outputs(Path(config.exp_dir), result)
+            mlflow_logger.log_outputs(Path(config.exp_dir), result)  # also writes learning_curve.png
+        elif Path(config.exp_dir, "metrics.jsonl").is_file():
+            save_learning_curve(Path(config.exp_dir))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)

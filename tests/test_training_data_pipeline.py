@@ -1,0 +1,112 @@
+"""The training input pipeline: the on-disk feature cache (``data.cache_dir``) and SpecAugment from ``augment``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asr.configuration import validate
+from asr.data.synth import synthesize_corpus
+from asr.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"rnn_type": "gru", "rnn_sizes": [8], "conv_filters": [2], "conv_kernels": [[11, 21]],
+              "conv_strides": [[2, 2]]}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict:
+    return synthesize_corpus(tmp_path_factory.mktemp("corpus"), count=12, seed=1, quiet=True)
+
+
+def make_config(corpus: dict, exp_dir: Path, cache_dir: Path | None = None, augment: dict | None = None):
+    return validate({
+        "model": {"parameters": TINY_MODEL},
+        "data": {"train_manifest": str(corpus["train"]), "dev_manifest": None, "test_manifest": None,
+                 "cache_dir": None if cache_dir is None else str(cache_dir)},
+        "trainer": {"epochs": 1, "batch_size": 4, "strategy": "default", "early_stopping_patience": 0},
+        "optimizer": {"schedule": "constant"},
+        "augment": augment or {},
+        "exp_dir": str(exp_dir),
+    })
+
+
+def cache_entries(cache_dir: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in cache_dir.rglob("*.npy")}
+
+
+def test_cache_is_filled_on_first_use_and_reused_by_the_next_run(corpus, tmp_path):
+    from asr.manifest import read_manifest
+    from asr.text import Alphabet
+    from asr.training import Trainer, load_split
+
+    cache_dir = tmp_path / "cache"
+    config = make_config(corpus, tmp_path / "exp-1", cache_dir)
+    train = load_split(config.data.train_manifest, config, Alphabet.default(), "train")
+    assert not cache_entries(cache_dir), "frame counts must come from durations: nothing computed up front"
+    files = {utterance.audio_filepath for utterance in read_manifest(corpus["train"])}
+
+    first = Trainer(config, train_data=train).fit()
+    assert first.epochs_run == 1 and np.isfinite(first.history[-1]["loss"])
+    filled = cache_entries(cache_dir)
+    assert len(filled) == len({example.utterance.audio_filepath for example in train.examples}) <= len(files)
+
+    second = Trainer(make_config(corpus, tmp_path / "exp-2", cache_dir)).fit()
+    assert second.epochs_run == 1 and np.isfinite(second.history[-1]["loss"])
+    assert cache_entries(cache_dir) == filled  # same entries, none rewritten
+
+
+def test_cached_features_and_estimated_frame_counts_match_the_audio(corpus, tmp_path):
+    from asr.audio import file_features
+    from asr.text import Alphabet
+    from asr.training import load_split
+
+    config = make_config(corpus, tmp_path / "exp", tmp_path / "cache")
+    train = load_split(config.data.train_manifest, config, Alphabet.default(), "train")
+    for example in train.examples:
+        expected = file_features(example.utterance.audio_filepath, config.features)
+        np.testing.assert_allclose(train.features_for(example.utterance), expected, rtol=1e-6, atol=1e-6)
+        assert abs(example.num_frames - len(expected)) <= 1, example.utterance
+
+
+def test_augment_config_masks_training_batches_only(corpus, tmp_path):
+    from asr.training import Trainer
+
+    augment = {"freq_masks": 2, "freq_mask_width": 8, "time_masks": 2, "time_mask_width": 20}
+    trainer = Trainer(make_config(corpus, tmp_path / "exp", augment=augment))
+    trainer._load_data()
+    data = trainer.train_data
+    training = [batch["features"].numpy() for batch in trainer._dataset(data, 1, training=True)]
+    again = [batch["features"].numpy() for batch in trainer._dataset(data, 1, training=True)]
+    evaluation = {int(index): features for batch in trainer._dataset(data, 0, training=False)
+                  for index, features in zip(batch["index"].numpy(), batch["features"].numpy())}
+    masked = 0
+    for batch, batch_again in zip(training, again):
+        np.testing.assert_array_equal(batch, batch_again)  # per-element seeds: the same epoch, the same masks
+    for batch in trainer._dataset(data, 1, training=True):
+        for index, features, length in zip(batch["index"].numpy(), batch["features"].numpy(),
+                                           batch["feature_lengths"].numpy()):
+            plain = evaluation[int(index)][:length]
+            kept = features[:length]
+            assert np.all((kept == plain) | (kept == 0))  # masks only zero values out
+            masked += int(np.any((kept == 0) & (plain != 0)))
+    assert masked == len(data.examples)  # every training utterance got masks; evaluation got none
+    for index, features in evaluation.items():  # evaluation batches: the features as they are
+        plain = data.features_for(data.examples[index].utterance)
+        np.testing.assert_array_equal(features[:len(plain)], plain)
+
+
+def test_nonsense_augment_config_is_refused_at_validation(corpus, tmp_path):
+    with pytest.raises(UserError, match="augment.freq_masks must be >= 0"):
+        make_config(corpus, tmp_path, augment={"freq_masks": -1})
+    with pytest.raises(UserError, match="augment.noise_probability"):
+        make_config(corpus, tmp_path, augment={"noise_probability": 1.5})
+    run = subprocess.run([sys.executable, "-m", "asr.train", "augment.time_masks=-2", f"hydra.run.dir={tmp_path}"],
+                         cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and run.stderr.startswith("error: augment.time_masks must be >= 0"), run.stderr[-2000:]
