@@ -57,7 +57,7 @@ class DataConfig:
     test_manifest: Optional[str] = "data/synth/test.jsonl"
     alphabet: Optional[str] = None  # path to a Mozilla-format alphabet; None: built-in English
     max_duration: float = 20.0  # seconds; longer clips are skipped (and counted)
-    cache_dir: Optional[str] = None  # feature cache; None: no cache
+    cache_dir: Optional[str] = None  # on-disk feature cache, filled on first use; None: features in memory
 
 
 @dataclass
@@ -172,6 +172,9 @@ def validate(config: Any) -> DictConfig:
         raise UserError(f"bad configuration: {str(error).splitlines()[0]} "
                         f"(full key: {getattr(error, 'full_key', '?')})") from None
     _check_choices(merged)
+    from asr.augment import check_augment_config
+
+    check_augment_config(merged.augment)
     return merged
 
 

@@ -1,11 +1,11 @@
 """Training examples and the ``tf.data`` input pipeline.
 
 Where features come from is a seam: the pipeline takes ``features_for(utterance) -> [T, F]``
-(in-memory arrays today, an on-disk cache later) and calls it inside ``tf.data`` with parallel
-calls. Batches are formed by sort-then-batch length bucketing: utterances sorted by (jittered)
-length, cut into batches, batches shuffled. The first epoch can be SortaGrad: sorted, no jitter,
-shortest batches first. Epoch ``k``'s order depends only on ``(seed, k)``, so a resumed run
-sees exactly the batches it would have seen.
+(in-memory arrays, or the on-disk feature cache when ``data.cache_dir`` is set) and calls it
+inside ``tf.data`` with parallel calls. Batches are formed by sort-then-batch length
+bucketing: utterances sorted by (jittered) length, cut into batches, batches shuffled. The
+first epoch can be SortaGrad: sorted, no jitter, shortest batches first. Epoch ``k``'s order
+depends only on ``(seed, k)``, so a resumed run sees exactly the batches it would have seen.
 """
 
 from __future__ import annotations

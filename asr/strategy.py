@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -56,4 +57,6 @@ def writable_dir(strategy: tf.distribute.Strategy, directory: Path) -> Path:
     if is_chief(strategy):
         return directory
     resolver = strategy.cluster_resolver
-    return Path(tempfile.gettempdir()) / f"asr-worker-{resolver.task_type}-{resolver.task_id}" / directory.name
+    run_key = hashlib.blake2b(str(directory.resolve()).encode("utf-8"), digest_size=6).hexdigest()  # one per run
+    return (Path(tempfile.gettempdir()) / f"asr-worker-{resolver.task_type}-{resolver.task_id}-{run_key}"
+            / directory.name)

@@ -5,6 +5,14 @@ epochs of ``strategy.run(train_step)`` over a distributed ``tf.data`` pipeline. 
 summed CTC loss is divided by the *global* number of utterances in the step, so gradients summed
 over replicas are the gradient of the global mean. Keras' optimizer sums gradients across
 replicas; note that its ``clipnorm`` clips each replica's partial gradient before that sum.
+BatchNorm moving statistics are updated by each replica from its own batches; after every epoch
+they are averaged over all replicas of all workers, so every worker holds (and saves) one model.
+Under ``MultiWorkerMirroredStrategy`` every worker restores the chief's latest checkpoint
+(``exp_dir`` on a shared file system); the others save theirs to scratch folders.
+
+Features come from memory, or from the on-disk ``FeatureCache`` when ``data.cache_dir`` is set:
+then nothing is computed up front (frame counts come from manifest durations) and each file's
+features are computed on first use inside ``tf.data`` and reused by later epochs and runs.
 
 What a checkpoint (``exp_dir/checkpoints``, written after every completed epoch) holds:
 
@@ -21,6 +29,7 @@ Metrics per epoch are appended to ``exp_dir/metrics.jsonl`` and passed to callba
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -37,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from asr import models
 from asr.ctc import ctc_loss
-from asr.dataset import Example, FeaturesFor, in_memory_features, make_dataset, prepare_examples
+from asr.dataset import Example, FeaturesFor, batch_order, in_memory_features, make_dataset, prepare_examples
 from asr.errors import NaNLossError, UserError
 from asr.manifest import read_manifest
 from asr.strategy import is_chief, make_strategy, writable_dir
@@ -91,23 +100,54 @@ def load_alphabet(config: DictConfig) -> Alphabet:
     return Alphabet.from_file(config.data.alphabet) if config.data.alphabet else Alphabet.default()
 
 
+class CachedFeatures:
+    """``features_for`` backed by the on-disk ``FeatureCache``: computed on first use, then read."""
+
+    def __init__(self, cache_dir: str, features_config: DictConfig) -> None:
+        from asr.audio import file_features
+        from asr.feature_cache import FeatureCache
+
+        self.cache = FeatureCache(cache_dir)
+        self.features_config = OmegaConf.to_container(features_config, resolve=True)
+        self.compute = functools.partial(file_features, features_config=self.features_config)
+
+    def __call__(self, utterance: Any) -> np.ndarray:
+        return self.cache.get_or_compute(utterance.audio_filepath, self.features_config, self.compute)
+
+    def missing(self, paths: Sequence[Path]) -> list[Path]:
+        """The paths whose features are not known to be cached (no audio is read to tell)."""
+        return [path for path in dict.fromkeys(paths) if self.cache.audio_hash(path, read=False) is None
+                or not self.cache.entry_path(path, self.features_config).is_file()]
+
+
 def features_source(utterances: Sequence[Any], config: DictConfig, label: str) -> FeaturesFor:
-    """Where features come from: in memory now; the data helper's on-disk cache when ``data.cache_dir`` is set."""
-    if config.data.get("cache_dir"):
-        try:
-            from asr.feature_cache import FeatureCache  # noqa: F401  (added by the data helper)
-        except ImportError:
-            logger.warning("data.cache_dir is set but asr.feature_cache is not available: features stay in memory")
-    return in_memory_features(utterances, config.features, jobs=os.cpu_count(), label=label)
+    """Where features come from: ``data.cache_dir``'s on-disk cache (computed on first use) or memory."""
+    cache_dir = config.data.get("cache_dir")
+    if not cache_dir:
+        return in_memory_features(utterances, config.features, jobs=os.cpu_count(), label=label)
+    return CachedFeatures(cache_dir, config.features)
+
+
+def frames_from_duration(duration: float, features_config: Any) -> int:
+    """Feature frames of ``duration`` seconds of audio (``center=True`` framing), without reading it."""
+    rate = int(features_config.sample_rate)
+    hop = int(round(float(features_config.hop_ms) * rate / 1000))
+    return 1 + int(round(float(duration) * rate)) // hop
 
 
 def load_split(manifest: str, config: DictConfig, alphabet: Alphabet, split: str) -> SplitData:
-    """Read a manifest, compute its features, encode its transcripts."""
+    """Read a manifest, encode its transcripts; features in memory now, or from the cache when used."""
     utterances = read_manifest(manifest, max_duration=config.data.max_duration)
     if not utterances:
         raise UserError(f"{split} manifest {manifest} has no utterances")
     features_for = features_source(utterances, config, f"{split} features")
-    examples = prepare_examples(utterances, alphabet, lambda utterance: len(features_for(utterance)),
+    if config.data.get("cache_dir"):  # nothing is computed up front: frame counts come from durations
+        def frames_for(utterance: Any) -> int:
+            return frames_from_duration(utterance.duration, config.features)
+    else:
+        def frames_for(utterance: Any) -> int:
+            return len(features_for(utterance))
+    examples = prepare_examples(utterances, alphabet, frames_for,
                                 lambda frames: int(models.output_lengths(frames, config.model)), split)
     return SplitData(examples, features_for)
 
@@ -182,17 +222,19 @@ class Trainer:
 
     def _restore(self) -> None:
         metrics_path = self.exp_dir / METRICS_FILE
-        if not (self.config.trainer.resume and self.manager.latest_checkpoint):
+        # every worker restores the chief's checkpoint (non-chiefs save to scratch folders)
+        latest = tf.train.latest_checkpoint(str(self.exp_dir / CHECKPOINT_DIR))
+        if not (self.config.trainer.resume and latest):
             if self.chief and metrics_path.exists():
                 metrics_path.unlink()  # a fresh start: the old run's metrics no longer apply
             return
         try:
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
-            raise UserError(f"cannot resume from {self.manager.latest_checkpoint}: it does not match the configured "
+            raise UserError(f"cannot resume from {latest}: it does not match the configured "
                             f"model ({str(error).splitlines()[0][:200]}); use another exp_dir or "
                             f"trainer.resume=false") from None
-        logger.info("resumed from %s: %d epoch(s) done, best val loss %.4f", self.manager.latest_checkpoint,
+        logger.info("resumed from %s: %d epoch(s) done, best val loss %.4f", latest,
                     int(self.epoch.numpy()), float(self.best_val_loss.numpy()))
         if self.chief and metrics_path.exists():  # drop lines of an epoch that finished without its checkpoint
             kept = [line for line in metrics_path.read_text().splitlines()
@@ -234,6 +276,17 @@ class Trainer:
             return strategy.reduce("sum", total, axis=None), strategy.reduce("sum", count, axis=None)
 
         self.distributed_train_step, self.distributed_eval_step = distributed_train_step, distributed_eval_step
+
+        statistics = [variable for variable in model.non_trainable_variables
+                      if "float" in str(variable.dtype)]  # BatchNorm moving mean/variance, not seed states
+
+        @tf.function
+        def distributed_average_statistics() -> None:
+            for variable in statistics:  # one by one: the multi-worker reduce does not take nested values
+                local = strategy.run(lambda variable=variable: tf.identity(variable.value))
+                variable.assign(strategy.reduce("mean", local, axis=None))  # every replica of every worker
+
+        self.distributed_average_statistics = distributed_average_statistics if statistics else None
 
     def _dataset(self, data: SplitData, epoch: int, training: bool) -> Any:
         trainer = self.config.trainer
@@ -287,6 +340,23 @@ class Trainer:
                             float(self.optimizer.learning_rate.numpy()))
         return total_loss / max(total_count, 1), time.perf_counter() - started
 
+    def _fill_cache_ahead(self, epoch_index: int) -> Any:
+        """On a cold feature cache, worker processes compute features ahead of this epoch's reader."""
+        assert self.train_data is not None
+        features_for = self.train_data.features_for
+        if not isinstance(features_for, CachedFeatures):
+            return None
+        trainer, examples = self.config.trainer, self.train_data.examples
+        order = batch_order(examples, int(trainer.batch_size), epoch_index, int(self.config.seed),
+                            bool(trainer.sortagrad), shuffle=True)
+        missing = features_for.missing([examples[index].utterance.audio_filepath for index in order])
+        if not missing:
+            return None
+        jobs = max(1, (os.cpu_count() or 1) - 1)
+        logger.info("feature cache: %d file(s) to compute, %d worker process(es) filling ahead", len(missing), jobs)
+        return features_for.cache.fill_in_background(missing, features_for.features_config, features_for.compute,
+                                                     jobs=jobs)
+
     def _save_best_weights(self) -> None:
         """``best.weights.h5``, atomically (a kill mid-write leaves the previous file intact)."""
         target = self.checkpoint_dir / BEST_WEIGHTS
@@ -322,7 +392,16 @@ class Trainer:
         stopped_early = False
         for epoch_index in range(first_epoch, int(trainer.epochs)):
             epoch_started = time.perf_counter()
-            loss, seconds = self._train_epoch(epoch_index)
+            background_fill = self._fill_cache_ahead(epoch_index)
+            try:
+                loss, seconds = self._train_epoch(epoch_index)
+            finally:
+                if background_fill is not None:
+                    background_fill.close()
+            if self.strategy.num_replicas_in_sync > 1 and self.distributed_average_statistics is not None:
+                # each replica updates BatchNorm moving statistics from its own batches: average them,
+                # so every replica and every worker holds (and saves) the same model
+                self.distributed_average_statistics()
             metrics: dict[str, Any] = {"epoch": epoch_index + 1, "loss": loss,
                                        "learning_rate": float(self.optimizer.learning_rate.numpy()),
                                        "audio_seconds_per_second": self.train_data.audio_seconds / seconds,

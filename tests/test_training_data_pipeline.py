@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def cache_entries(cache_dir: Path) -> dict[Path, int]:
     return {path: path.stat().st_mtime_ns for path in cache_dir.rglob("*.npy")}
 
 
-def test_cache_is_filled_on_first_use_and_reused_by_the_next_run(corpus, tmp_path):
+def test_cache_is_filled_on_first_use_and_reused_by_the_next_run(corpus, tmp_path, caplog):
     from asr.manifest import read_manifest
     from asr.text import Alphabet
     from asr.training import Trainer, load_split
@@ -51,7 +52,10 @@ def test_cache_is_filled_on_first_use_and_reused_by_the_next_run(corpus, tmp_pat
     assert not cache_entries(cache_dir), "frame counts must come from durations: nothing computed up front"
     files = {utterance.audio_filepath for utterance in read_manifest(corpus["train"])}
 
+    caplog.set_level(logging.INFO, logger="asr.training")
     first = Trainer(config, train_data=train).fit()
+    assert "worker process(es) filling ahead" in caplog.text  # a cold cache is filled ahead of the reader
+    caplog.clear()
     assert first.epochs_run == 1 and np.isfinite(first.history[-1]["loss"])
     filled = cache_entries(cache_dir)
     assert len(filled) == len({example.utterance.audio_filepath for example in train.examples}) <= len(files)
@@ -59,6 +63,7 @@ def test_cache_is_filled_on_first_use_and_reused_by_the_next_run(corpus, tmp_pat
     second = Trainer(make_config(corpus, tmp_path / "exp-2", cache_dir)).fit()
     assert second.epochs_run == 1 and np.isfinite(second.history[-1]["loss"])
     assert cache_entries(cache_dir) == filled  # same entries, none rewritten
+    assert "filling ahead" not in caplog.text
 
 
 def test_cached_features_and_estimated_frame_counts_match_the_audio(corpus, tmp_path):
