@@ -175,6 +175,11 @@ def validate(config: Any) -> DictConfig:
     from asr.augment import check_augment_config
 
     check_augment_config(merged.augment)
+    # Waveform augmentation exists in asr.augment but the training input pipeline does not apply it
+    # yet: refuse rather than silently train without it.
+    if list(merged.augment.speed_perturb) not in ([], [1.0]) or merged.augment.noise_probability > 0:
+        raise UserError("augment.speed_perturb and augment.noise_probability are not applied in training yet; "
+                        "leave them at [] and 0.0 (SpecAugment masks work: augment=specaugment)")
     return merged
 
 

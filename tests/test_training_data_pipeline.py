@@ -115,3 +115,9 @@ def test_nonsense_augment_config_is_refused_at_validation(corpus, tmp_path):
                          cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 2 and run.stderr.startswith("error: augment.time_masks must be >= 0"), run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("augment", [{"speed_perturb": [0.9, 1.1]}, {"noise_probability": 0.5}])
+def test_waveform_augmentation_is_refused_until_training_applies_it(corpus, tmp_path, augment):
+    with pytest.raises(UserError, match="not applied in training yet"):
+        make_config(corpus, tmp_path, augment=augment)
