@@ -5,8 +5,6 @@ Each command imports its module lazily so ``asr --help`` answers at once.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Callable, List, Optional, TypeVar
 
