@@ -14,11 +14,15 @@
 * ``add_noise(signal, snr_db, rng, noise=None)``: white noise, or a random stretch of a
   given noise recording, scaled to the requested signal-to-noise ratio.
 * ``augment_waveform(...)``: what ``AugmentConfig`` asks for on the waveform side.
+* ``WaveformAugmenter``: the training pipeline's use of it: features of one utterance after
+  speed perturbation and noise, fresh for every (seed, epoch, utterance) and reproducible.
+  These features are computed on the fly (never cached: each epoch hears a different version).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -43,6 +47,25 @@ def check_augment_config(augment_config: Any) -> None:
     snr = list(_get(augment_config, "noise_snr_db"))
     if len(snr) != 2 or float(snr[0]) > float(snr[1]):
         raise UserError(f"augment.noise_snr_db must be [low, high] with low <= high, got {snr}")
+    noise_dir = _get(augment_config, "noise_dir")
+    if noise_dir and not noise_files(noise_dir):
+        raise UserError(f"augment.noise_dir={noise_dir} is not a folder holding audio files "
+                        f"({', '.join(NOISE_SUFFIXES)}); give a folder of noise recordings, or null for white noise")
+
+
+NOISE_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+
+
+def noise_files(noise_dir: str | Path) -> list[Path]:
+    """Audio files under ``noise_dir`` (recursively), sorted; none if the folder does not exist."""
+    folder = Path(noise_dir)
+    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in NOISE_SUFFIXES) if folder.is_dir() else []
+
+
+def waveform_augment_enabled(augment_config: Any) -> bool:
+    """Whether the configuration asks for speed perturbation or noise."""
+    rates = [float(rate) for rate in (_get(augment_config, "speed_perturb") or [])]
+    return any(rate != 1.0 for rate in rates) or float(_get(augment_config, "noise_probability")) > 0
 
 
 def spec_augment_enabled(augment_config: Any) -> bool:
@@ -199,3 +222,46 @@ def augment_waveform(signal: np.ndarray, augment_config: Any, rng: np.random.Gen
         noise = noises[int(rng.integers(len(noises)))] if noises else None
         signal = add_noise(signal, float(rng.uniform(low, high)), rng, noise)
     return np.asarray(signal, dtype=np.float32)
+
+
+class WaveformAugmenter:
+    """Features of a training utterance after ``augment_waveform``, reproducible from a seed key.
+
+    ``fits(frames, labels)`` says whether an utterance of ``frames`` feature frames can still
+    carry its labels under CTC; a speed-up that makes it too short falls back to the unperturbed
+    speed (noise is still added). Noise recordings from ``noise_dir`` are read once, on first use.
+    """
+
+    def __init__(self, augment_config: Any, features_config: Any,
+                 fits: Callable[[int, np.ndarray], bool] = lambda frames, labels: True) -> None:
+        from asr.audio import _plain_config
+
+        self.augment_config = augment_config
+        self.features_config = _plain_config(features_config)
+        self.sample_rate = int(self.features_config["sample_rate"])
+        self.fits = fits
+        self._noises: Optional[list[np.ndarray]] = None
+
+    def noises(self) -> list[np.ndarray]:
+        if self._noises is None:
+            noise_dir = _get(self.augment_config, "noise_dir")
+            self._noises = load_noises([str(path) for path in noise_files(noise_dir)], self.sample_rate) \
+                if noise_dir else []
+        return self._noises
+
+    def __call__(self, audio_filepath: str | Path, labels: np.ndarray, seed_key: Sequence[int]) -> np.ndarray:
+        """Features ``[T, F]`` of ``audio_filepath`` augmented as ``seed_key`` (e.g. seed, epoch, index) draws."""
+        from asr.audio import compute_features, load_audio
+
+        signal = load_audio(audio_filepath, self.sample_rate)
+        noises = self.noises() or None
+        augmented = augment_waveform(signal, self.augment_config, np.random.default_rng(list(seed_key)),
+                                     self.sample_rate, noises)
+        features = compute_features(augmented, self.features_config)
+        if not self.fits(len(features), labels):  # sped up too much for its transcript: keep the speed
+            no_speed = {"speed_perturb": [], "noise_probability": _get(self.augment_config, "noise_probability"),
+                        "noise_snr_db": _get(self.augment_config, "noise_snr_db")}
+            augmented = augment_waveform(signal, no_speed, np.random.default_rng(list(seed_key)), self.sample_rate,
+                                         noises)
+            features = compute_features(augmented, self.features_config)
+        return features

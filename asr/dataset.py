@@ -25,7 +25,7 @@ from asr.text import Alphabet, encode_transcript
 logger = logging.getLogger(__name__)
 
 FeaturesFor = Callable[[Utterance], np.ndarray]
-LENGTH_JITTER = 0.1  # relative noise on the sort key, so batches differ between epochs
+LENGTH_JITTER = 0.05  # relative noise on the sort key, so batches differ between epochs
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,14 @@ def batch_order(examples: Sequence[Example], batch_size: int, epoch: int, seed: 
 
 def make_dataset(examples: Sequence[Example], features_for: FeaturesFor, num_features: int, batch_size: int, *,
                  epoch: int = 0, seed: int = 0, sortagrad: bool = False, shuffle: bool = False,
-                 augment_config: Any = None) -> tf.data.Dataset:
+                 augment_config: Any = None, waveform_augmenter: Any = None) -> tf.data.Dataset:
     """Padded batches ``{"features" [B,T,F], "feature_lengths" [B], "labels" [B,L], "label_lengths" [B], "index" [B]}``.
 
     ``index`` points into ``examples`` (to name files when something goes wrong). With an
     ``augment_config`` asking for it, SpecAugment masks each utterance; the masks depend only on
-    ``(seed, epoch, index)``, so a resumed run sees the same ones.
+    ``(seed, epoch, index)``, so a resumed run sees the same ones. A ``waveform_augmenter``
+    (``asr.augment.WaveformAugmenter``) replaces ``features_for``: each utterance is read, sped up
+    or slowed down and mixed with noise as ``(seed, epoch, index)`` draws, then featurised.
     """
     from asr.augment import spec_augment, spec_augment_enabled
 
@@ -97,7 +99,11 @@ def make_dataset(examples: Sequence[Example], features_for: FeaturesFor, num_fea
 
     def load(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         example = examples[int(index)]
-        features = np.asarray(features_for(example.utterance), dtype=np.float32)
+        if waveform_augmenter is not None:
+            features = waveform_augmenter(example.utterance.audio_filepath, example.labels, (seed, epoch, int(index)))
+        else:
+            features = features_for(example.utterance)
+        features = np.asarray(features, dtype=np.float32)
         return features, example.labels
 
     def to_element(index: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -45,7 +45,7 @@ import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from asr import models
-from asr.ctc import ctc_loss
+from asr.ctc import ctc_loss, minimum_frames
 from asr.dataset import Example, FeaturesFor, batch_order, in_memory_features, make_dataset, prepare_examples
 from asr.errors import NaNLossError, UserError
 from asr.manifest import read_manifest
@@ -181,6 +181,7 @@ class Trainer:
         self.train_data = train_data
         self.dev_data = dev_data
         self._initial_model = model
+        self.waveform_augmenter = self._waveform_augmenter()
 
     # ----- setup ---------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -193,10 +194,15 @@ class Trainer:
     def _build(self) -> None:
         config, num_features = self.config, int(self.config.features.num_features)
         with self.strategy.scope():
+            previous_policy = keras.mixed_precision.global_policy()
             if config.trainer.mixed_precision and self._initial_model is None:
+                # layers keep the policy they were built with: set it for this model only
                 keras.mixed_precision.set_global_policy(
                     "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16")
-            model = models.build_model(config.model, num_features, len(self.alphabet) + 1)
+            try:
+                model = models.build_model(config.model, num_features, len(self.alphabet) + 1)
+            finally:
+                keras.mixed_precision.set_global_policy(previous_policy)
             if self._initial_model is not None:
                 if self._initial_model.input_shape[-1] != num_features:
                     raise UserError(f"the model takes {self._initial_model.input_shape[-1]} features per frame but "
@@ -204,7 +210,7 @@ class Trainer:
                 model = keras.models.clone_model(self._initial_model)
                 model.set_weights(self._initial_model.get_weights())
             optimizer = make_optimizer(config.optimizer)
-            if keras.mixed_precision.global_policy().name == "mixed_float16":
+            if model.dtype_policy.name == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             optimizer.build(model.trainable_variables)
             self.model, self.optimizer = model, optimizer
@@ -288,12 +294,26 @@ class Trainer:
 
         self.distributed_average_statistics = distributed_average_statistics if statistics else None
 
+    def _waveform_augmenter(self) -> Any:
+        """Speed perturbation and noise for training batches, or None when ``augment`` asks for neither."""
+        from asr.augment import WaveformAugmenter, waveform_augment_enabled
+
+        if not waveform_augment_enabled(self.config.augment):
+            return None
+        model_config = self.config.model
+
+        def fits(frames: int, labels: np.ndarray) -> bool:
+            return int(models.output_lengths(frames, model_config)) >= minimum_frames(labels.tolist())
+
+        return WaveformAugmenter(self.config.augment, self.config.features, fits)
+
     def _dataset(self, data: SplitData, epoch: int, training: bool) -> Any:
         trainer = self.config.trainer
         dataset = make_dataset(data.examples, data.features_for, int(self.config.features.num_features),
                                int(trainer.batch_size), epoch=epoch, seed=int(self.config.seed),
                                sortagrad=bool(trainer.sortagrad) and training, shuffle=training,
-                               augment_config=self.config.augment if training else None)
+                               augment_config=self.config.augment if training else None,
+                               waveform_augmenter=self.waveform_augmenter if training else None)
         return self.strategy.experimental_distribute_dataset(dataset)
 
     # ----- learning rate -------------------------------------------------------------------

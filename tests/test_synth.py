@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -178,3 +180,16 @@ def test_inflection_rules() -> None:
     assert sentences.gerund_of("tie", "tied") == "tying"
     assert sentences.gerund_of("agree", "agreed") == "agreeing"
     assert sentences.third_person_of("watch") == "watches" and sentences.third_person_of("go") == "goes"
+
+
+def test_no_voice_variant_crashes_libespeak_at_wide_pitch_ranges():
+    # libespeak-ng 1.52 segfaults on "elegantly" with the "rob" variant at pitch ranges over ~75;
+    # the synthesis runs in a child process so that a crash fails this test instead of killing pytest.
+    code = ("from asr.data import synth\n"
+            "for accent in ('en-us', 'en-gb-scotland'):\n"
+            "    for variant in synth.available_variants():\n"
+            "        voice = accent + '+' + variant if variant else accent\n"
+            "        settings = synth.VoiceSettings(voice, 203, 28, 90, 0.6, 0.1, 0.1)\n"
+            "        assert synth.synthesize('several berries will flicker elegantly', settings).size > 0\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr[-1000:])

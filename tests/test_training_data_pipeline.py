@@ -117,7 +117,79 @@ def test_nonsense_augment_config_is_refused_at_validation(corpus, tmp_path):
     assert run.returncode == 2 and run.stderr.startswith("error: augment.time_masks must be >= 0"), run.stderr[-2000:]
 
 
-@pytest.mark.parametrize("augment", [{"speed_perturb": [0.9, 1.1]}, {"noise_probability": 0.5}])
-def test_waveform_augmentation_is_refused_until_training_applies_it(corpus, tmp_path, augment):
-    with pytest.raises(UserError, match="not applied in training yet"):
-        make_config(corpus, tmp_path, augment=augment)
+def _training_features(trainer, epoch: int) -> dict[int, np.ndarray]:
+    """Each training utterance's features (padding cut off) in the batches of ``epoch``."""
+    features_by_index = {}
+    for batch in trainer._dataset(trainer.train_data, epoch, training=True):
+        for index, features, length in zip(batch["index"].numpy(), batch["features"].numpy(),
+                                           batch["feature_lengths"].numpy()):
+            features_by_index[int(index)] = features[:length]
+    return features_by_index
+
+
+def test_speed_perturbation_and_noise_reach_training_batches_reproducibly(corpus, tmp_path):
+    from asr.training import Trainer
+
+    augment = {"speed_perturb": [0.8, 1.25], "noise_probability": 1.0, "noise_snr_db": [10.0, 10.0]}
+    trainer = Trainer(make_config(corpus, tmp_path / "exp", augment=augment))
+    trainer._load_data()
+    data = trainer.train_data
+    first, again, later = (_training_features(trainer, epoch) for epoch in (1, 1, 2))
+    assert set(first) == set(range(len(data.examples)))
+    ratios = []
+    for index, features in first.items():
+        np.testing.assert_array_equal(features, again[index])  # (seed, epoch, index) fixes the augmentation
+        plain = data.features_for(data.examples[index].utterance)
+        ratios.append(len(plain) / len(features))
+        assert not np.array_equal(features[:len(plain)], plain[:len(features)])  # noise on every utterance
+    assert all(ratio == pytest.approx(0.8, abs=0.02) or ratio == pytest.approx(1.25, abs=0.03) for ratio in ratios)
+    assert {min((0.8, 1.25), key=lambda rate: abs(rate - ratio)) for ratio in ratios} == {0.8, 1.25}  # both drawn
+    assert any(not np.array_equal(first[index], later[index]) for index in first)  # a fresh draw each epoch
+    for batch in trainer._dataset(data, 1, training=False):  # evaluation hears the audio as it is
+        for index, features, length in zip(batch["index"].numpy(), batch["features"].numpy(),
+                                           batch["feature_lengths"].numpy()):
+            np.testing.assert_array_equal(features[:length], data.features_for(data.examples[int(index)].utterance))
+
+
+def test_noise_alone_keeps_the_length_and_changes_the_features(corpus, tmp_path):
+    from asr.training import Trainer
+
+    trainer = Trainer(make_config(corpus, tmp_path / "exp", augment={"noise_probability": 1.0,
+                                                                     "noise_snr_db": [5.0, 5.0]}))
+    trainer._load_data()
+    for index, features in _training_features(trainer, 1).items():
+        plain = trainer.train_data.features_for(trainer.train_data.examples[index].utterance)
+        assert features.shape == plain.shape and np.abs(features - plain).mean() > 0.05
+
+
+def test_a_speed_up_too_fast_for_the_transcript_keeps_the_original_speed(corpus, tmp_path):
+    from asr.training import Trainer
+
+    trainer = Trainer(make_config(corpus, tmp_path / "exp", augment={"speed_perturb": [50.0]}))
+    trainer._load_data()
+    for index, features in _training_features(trainer, 1).items():  # 50x faster cannot carry any transcript
+        plain = trainer.train_data.features_for(trainer.train_data.examples[index].utterance)
+        np.testing.assert_allclose(features, plain, atol=1e-5)
+
+
+def test_training_with_recorded_noise_from_noise_dir(corpus, tmp_path):
+    import soundfile
+
+    from asr.training import Trainer
+
+    noise_dir = tmp_path / "noises"
+    (noise_dir / "street").mkdir(parents=True)
+    hum = 0.3 * np.sin(2 * np.pi * 50 * np.arange(8000) / 16000)
+    soundfile.write(noise_dir / "street" / "hum.wav", hum.astype(np.float32), 16000)
+    augment = {"speed_perturb": [0.9, 1.0, 1.1], "noise_probability": 1.0, "noise_dir": str(noise_dir)}
+    trainer = Trainer(make_config(corpus, tmp_path / "exp", augment=augment))
+    assert [noise.size for noise in trainer.waveform_augmenter.noises()] == [8000]
+    result = trainer.fit()
+    assert result.epochs_run == 1 and np.isfinite(result.history[-1]["loss"])
+
+
+def test_a_noise_dir_without_audio_is_refused_at_validation(corpus, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "missing"):
+        with pytest.raises(UserError, match="augment.noise_dir=.* is not a folder holding audio files"):
+            make_config(corpus, tmp_path, augment={"noise_probability": 0.5, "noise_dir": str(folder)})
