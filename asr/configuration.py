@@ -37,7 +37,7 @@ class ModelParameters:
     rnn_type: str = "gru"  # "lstm" or "gru"
     rnn_sizes: list[int] = field(default_factory=lambda: [192, 192])
     conv_filters: list[int] = field(default_factory=lambda: [16, 16])
-    conv_kernels: list[list[int]] = field(default_factory=lambda: [[11, 41], [11, 21]])  # (time, freq)
+    conv_kernels: list[list[int]] = field(default_factory=lambda: [[11, 11], [11, 11]])  # (time, freq)
     conv_strides: list[list[int]] = field(default_factory=lambda: [[3, 2], [1, 2]])  # (time, freq)
     dense_sizes: list[int] = field(default_factory=lambda: [512, 512])  # deepspeech (DS1) only
     context: int = 5  # deepspeech (DS1) only: frames of context on each side
@@ -87,7 +87,7 @@ class DecoderConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 10
-    batch_size: int = 16
+    batch_size: int = 32
     strategy: str = "auto"  # "auto", "default", "mirrored" or "multi_worker"
     mixed_precision: bool = False
     early_stopping_patience: int = 5  # epochs without val_loss improvement; 0 disables
@@ -96,6 +96,8 @@ class TrainerConfig:
     sortagrad: bool = True  # first epoch sorted by length, shuffled after
     log_every_steps: int = 10
     time_limit_minutes: Optional[float] = None  # stop before an epoch that would end past this (from the run's start)
+    intra_op_threads: Optional[int] = None  # TensorFlow threads per op; None: 1 without a GPU, else TF's default
+    inter_op_threads: Optional[int] = None  # ops run side by side; None or 0: TF's default (one per core)
 
 
 @dataclass

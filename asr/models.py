@@ -196,6 +196,45 @@ class BlankPadding(layers.Layer):
         return input_shape
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ProjectedGRU(layers.GRU):
+    """Keras' GRU, same weights and outputs, with the input projection taken out of the time loop on CPU.
+
+    On a GPU it is Keras' GRU (the cuDNN kernel). Elsewhere Keras multiplies each frame by the
+    input kernel inside its step loop; here all frames are multiplied at once, one large matmul
+    before the loop, and the loop does only the recurrent part. Needs ``reset_after=True`` and no
+    input dropout (the models drop out between layers instead); otherwise Keras' loop runs.
+    """
+
+    def inner_loop(self, sequences: Any, initial_state: Any, mask: Any, training: bool = False) -> Any:
+        import tensorflow as tf
+
+        cell = self.cell
+        if (tf.config.list_logical_devices("GPU") or not cell.reset_after or not cell.use_bias
+                or (training and cell.dropout > 0)):
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        from keras.src.backend.tensorflow.rnn import rnn
+
+        input_bias, recurrent_bias = cell.bias[0], cell.bias[1]
+        projected = ops.matmul(sequences, cell.kernel) + input_bias  # [B, T, 3 units] in one go
+        units = cell.units
+
+        def step(frame: Any, states: Any) -> tuple[Any, list]:
+            previous = states[0]
+            inner = ops.matmul(previous, cell.recurrent_kernel) + recurrent_bias
+            update = cell.recurrent_activation(frame[:, :units] + inner[:, :units])
+            reset = cell.recurrent_activation(frame[:, units:2 * units] + inner[:, units:2 * units])
+            candidate = cell.activation(frame[:, 2 * units:] + reset * inner[:, 2 * units:])
+            state = update * previous + (1 - update) * candidate
+            return state, [state]
+
+        if isinstance(initial_state, (list, tuple)):
+            initial_state = initial_state[0]
+        return rnn(step, projected, [initial_state], go_backwards=self.go_backwards, mask=mask, unroll=False,
+                   input_length=sequences.shape[1], zero_output_for_mask=self.zero_output_for_mask,
+                   return_all_outputs=self.return_sequences)
+
+
 def _parameters(model_config: Any) -> Any:
     return model_config.parameters if hasattr(model_config, "parameters") else model_config["parameters"]
 
@@ -207,7 +246,7 @@ def _rnn(rnn_type: str, units: int, name: str) -> layers.Layer:
     if rnn_type == "lstm":
         return layers.LSTM(**common)
     if rnn_type == "gru":
-        return layers.GRU(reset_after=True, **common)
+        return ProjectedGRU(reset_after=True, **common)
     raise UserError(f"model.parameters.rnn_type={rnn_type!r} is not one of lstm, gru")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,31 @@ import tensorflow as tf
 from asr.errors import UserError
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+logger = logging.getLogger(__name__)
+
+
+def configure_threads(intra_op: int | None, inter_op: int | None) -> None:
+    """TensorFlow's thread pools (``trainer.intra_op_threads``, ``trainer.inter_op_threads``); 0: its default.
+
+    ``intra_op=None`` means 1 on a machine without a GPU: an RNN step's matmuls are too small to
+    gain from being split over cores, while one thread per op lets independent ops (the two
+    directions of a bidirectional layer) run side by side: +25-45 % training throughput on 2
+    cores (bench/train_small.py). Threads can only be set before TensorFlow starts its runtime;
+    later calls leave them as they are (and say so in the log).
+    """
+    if intra_op is None:
+        intra_op = 0 if tf.config.list_physical_devices("GPU") else 1
+    wanted = {"intra": int(intra_op), "inter": int(inter_op or 0)}
+    current = {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
+               "inter": tf.config.threading.get_inter_op_parallelism_threads()}
+    if wanted == current:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(wanted["intra"])
+        tf.config.threading.set_inter_op_parallelism_threads(wanted["inter"])
+    except RuntimeError:
+        logger.info("TensorFlow is already running: thread pools stay at intra-op %d, inter-op %d",
+                    current["intra"], current["inter"])
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:

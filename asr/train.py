@@ -57,13 +57,14 @@ def check_files(config: DictConfig) -> None:
 def run(config: DictConfig, callbacks: Sequence[Any] = ()) -> dict:
     """Train, evaluate on the test manifest, write ``model.bin`` and ``result.json``; return the result."""
     from asr.bundle import save_bundle
-    from asr.strategy import is_chief, make_strategy
+    from asr.strategy import configure_threads, is_chief, make_strategy
     from asr.training import Trainer, load_alphabet
 
     started = time.perf_counter()
     exp_dir = Path(config.exp_dir)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    configure_threads(config.trainer.intra_op_threads, config.trainer.inter_op_threads)
     strategy = make_strategy(config.trainer.strategy)  # first: MultiWorkerMirroredStrategy needs a fresh runtime
     import keras
 

@@ -49,7 +49,7 @@ from asr.ctc import ctc_loss, minimum_frames
 from asr.dataset import Example, FeaturesFor, batch_order, in_memory_features, make_dataset, prepare_examples
 from asr.errors import NaNLossError, UserError
 from asr.manifest import read_manifest
-from asr.strategy import is_chief, make_strategy, writable_dir
+from asr.strategy import configure_threads, is_chief, make_strategy, writable_dir
 from asr.text import Alphabet
 
 logger = logging.getLogger(__name__)
@@ -172,6 +172,8 @@ class Trainer:
                  callbacks: Sequence[Callback] = (), strategy: tf.distribute.Strategy | None = None,
                  train_data: SplitData | None = None, dev_data: SplitData | None = None) -> None:
         self.config = config
+        if strategy is None:
+            configure_threads(config.trainer.get("intra_op_threads"), config.trainer.get("inter_op_threads"))
         self.strategy = strategy or make_strategy(config.trainer.strategy)
         self.alphabet = alphabet or load_alphabet(config)
         self.callbacks = list(callbacks)

@@ -81,11 +81,11 @@ def frames_for_duration(hop_ms: float) -> "callable":
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, help="Train on this manifest instead of a synthetic corpus.")
-    parser.add_argument("--utterances", type=int, default=64, help="Utterances (synthetic, or the first of --manifest).")
+    parser.add_argument("--utterances", type=int, default=256, help="Utterances (synthetic, or the first of --manifest).")
     parser.add_argument("--min-seconds", type=float, default=1.5)
     parser.add_argument("--max-seconds", type=float, default=4.0)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2, help="Epochs per row; the best one is reported.")
+    parser.add_argument("--repeats", type=int, default=3, help="Epochs per row; the best one is reported.")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="Processes for the cache fill.")
     parser.add_argument("--work-dir", type=Path, help="Corpus, cache and checkpoints (default: a temporary folder).")
     arguments = parser.parse_args()
