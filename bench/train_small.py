@@ -24,16 +24,21 @@ import logging
 import os
 import tempfile
 import time
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+SPLITS = {"train": 0.9, "dev": 0.05, "test": 0.05}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=8000, help="utterances to synthesise (80/10/10 split)")
+    parser.add_argument("--count", type=int, default=8000, help="utterances to synthesise (90/5/5 split)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=20.0, help="budget for features + training")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "asr-bench-train-small")
+    parser.add_argument("--lm-order", type=int, default=3,
+                        help="also decode the test split with beam search and an n-gram LM of the training "
+                             "transcripts (0: greedy only)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides on top of conf/config.yaml")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -46,9 +51,9 @@ def main() -> None:
     from asr.configuration import register_configs, validate
     from asr.data.synth import synthesize_corpus
 
-    corpus_dir = arguments.out / f"corpus-{arguments.count}-{arguments.seed}"
-    if not (corpus_dir / "all.jsonl").exists():
-        synthesize_corpus(corpus_dir, arguments.count, arguments.seed, jobs=os.cpu_count() or 1)
+    corpus_dir = arguments.out / f"corpus-{arguments.count}-{arguments.seed}-90-5-5"
+    if not (corpus_dir / "all.jsonl").exists():  # 5 % dev, 5 % test: enough to select and to measure
+        synthesize_corpus(corpus_dir, arguments.count, arguments.seed, SPLITS, jobs=os.cpu_count() or 1)
     exp_dir = arguments.out / time.strftime("run-%Y%m%d-%H%M%S")
     register_configs()
     with initialize_config_dir(config_dir=str(Path(asr.__file__).parent / "conf"), version_base="1.3"):
@@ -85,9 +90,37 @@ def main() -> None:
         "best_epoch": best["epoch"], "best_val_cer": round(best.get("val_cer", float("nan")), 4),
         "test_utterances": test["utterances"], "test_cer": round(test["cer"], 4), "test_wer": round(test["wer"], 4),
     }
+    if arguments.lm_order:
+        figures.update(beam_lm_figures(training.model, config, alphabet, arguments.lm_order, exp_dir / "lm.arpa"))
     print(json.dumps(figures, indent=2))
     for sample in test["samples"][:5]:
         print(f"  ref: {sample['reference']}\n  hyp: {sample['hypothesis']}")
+
+
+def beam_lm_figures(model: Any, config: Any, alphabet: Any, order: int, lm_path: Path) -> dict:
+    """Test CER/WER with beam search and an n-gram LM built from the *training* transcripts only."""
+    from asr.audio import pad_features
+    from asr.decoding import make_decoder
+    from asr.lm import build_arpa
+    from asr.manifest import read_manifest
+    from asr.metrics import cer, wer
+    from asr.models import output_lengths
+    from asr.training import load_split, predict_logits
+
+    started = time.perf_counter()
+    build_arpa([utterance.text.split() for utterance in read_manifest(config.data.train_manifest)], order).write(lm_path)
+    decoder = make_decoder({"name": "beam_lm", "beam_width": 32, "alpha": 0.5, "beta": 1.0}, alphabet, lm_path)
+    test = load_split(config.data.test_manifest, config, alphabet, "test")
+    references, hypotheses = [], []
+    for start in range(0, len(test.examples), 32):
+        chunk = test.examples[start:start + 32]
+        features, lengths = pad_features([test.features_for(example.utterance) for example in chunk])
+        hypotheses += decoder.decode(predict_logits(model, features), output_lengths(lengths, config.model))
+        references += [alphabet.decode(example.labels.tolist()) for example in chunk]
+    decoder.close()
+    return {f"test_cer_beam_lm{order}": round(cer(references, hypotheses), 4),
+            f"test_wer_beam_lm{order}": round(wer(references, hypotheses), 4),
+            "beam_lm_seconds": round(time.perf_counter() - started, 1)}
 
 
 if __name__ == "__main__":

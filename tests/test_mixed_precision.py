@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
 from asr.configuration import validate
 from asr.data.synth import synthesize_corpus
 
 
-def test_mixed_precision_training_keeps_logits_float32_and_leaves_the_global_policy_alone(tmp_path):
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+def test_mixed_precision_training_keeps_logits_float32_and_leaves_the_global_policy_alone(tmp_path, rnn_type):
     from asr.training import Trainer
 
     corpus = synthesize_corpus(tmp_path / "corpus", count=10, seed=3, quiet=True)
     config = validate({
-        "model": {"parameters": {"rnn_type": "lstm", "rnn_sizes": [8], "conv_filters": [2],
+        "model": {"parameters": {"rnn_type": rnn_type, "rnn_sizes": [8], "conv_filters": [2],
                                  "conv_kernels": [[11, 21]], "conv_strides": [[2, 2]]}},
         "data": {"train_manifest": str(corpus["train"]), "dev_manifest": str(corpus["dev"]), "test_manifest": None},
         "trainer": {"epochs": 2, "batch_size": 4, "strategy": "default", "mixed_precision": True,
