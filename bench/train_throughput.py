@@ -35,6 +35,7 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 
@@ -81,10 +82,10 @@ def frames_for_duration(hop_ms: float) -> "callable":
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, help="Train on this manifest instead of a synthetic corpus.")
-    parser.add_argument("--utterances", type=int, default=256, help="Utterances (synthetic, or the first of --manifest).")
+    parser.add_argument("--utterances", type=int, default=512, help="Utterances (synthetic, or the first of --manifest).")
     parser.add_argument("--min-seconds", type=float, default=1.5)
     parser.add_argument("--max-seconds", type=float, default=4.0)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="Epochs per row; the best one is reported.")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="Processes for the cache fill.")
     parser.add_argument("--work-dir", type=Path, help="Corpus, cache and checkpoints (default: a temporary folder).")
@@ -198,19 +199,29 @@ def main() -> None:
         return seconds
 
     compute(paths[0])  # import librosa and warm its code paths once, as any long run would have
-    measures = {"in-memory tensors": lambda: run_epoch(True), "real pipeline, cold cache": cold,
-                "real pipeline, cold cache prefilled": cold_prefilled,
-                "real pipeline, cold, background fill": cold_background, "real pipeline, warm cache": warm}
+    empty_cache()
+    FeatureCache(cache_dir).extract_many(paths, features_config, compute, jobs=arguments.jobs, progress=False)
+    load_started = time.perf_counter()
+    FeatureCache(cache_dir).extract_many(paths, features_config, compute, jobs=arguments.jobs, progress=False)
+    load_seconds = time.perf_counter() - load_started
+
+    def settled(measure: Any) -> Any:
+        """``measure`` after a pause: worker processes of the previous row have exited, the disk is idle."""
+        def run() -> float:
+            time.sleep(2.0)
+            return measure()
+        return run
+
+    # warm runs first in each round, while the cache the previous round left is full; the rows that
+    # start worker processes come last
+    measures = {"in-memory tensors": lambda: run_epoch(True), "real pipeline, warm cache": warm,
+                "real pipeline, cold cache": cold, "real pipeline, cold cache prefilled": cold_prefilled,
+                "real pipeline, cold, background fill": cold_background}
     timings: dict[str, list[float]] = {name: [] for name in measures}
     for _ in range(max(1, arguments.repeats)):  # round robin, so a busy moment hits every row alike
         for name, measure in measures.items():
-            timings[name].append(measure())
+            timings[name].append(settled(measure)())
     rows = {name: min(values) for name, values in timings.items()}
-
-    cache = FeatureCache(cache_dir)
-    load_started = time.perf_counter()
-    cache.extract_many(paths, features_config, compute, jobs=arguments.jobs, progress=False)
-    load_seconds = time.perf_counter() - load_started
 
     devices = ", ".join(device.name for device in tf.config.list_logical_devices()) or "?"
     print(f"train throughput: {len(examples)} utterances, {seconds_total:.1f} s of audio "
