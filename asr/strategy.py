@@ -30,8 +30,8 @@ def configure_threads(intra_op: int | None, inter_op: int | None) -> None:
 
     ``intra_op=None`` means 1 on a machine without a GPU: an RNN step's matmuls are too small to
     gain from being split over cores, while one thread per op lets independent ops (the two
-    directions of a bidirectional layer) run side by side: +25-45 % training throughput on 2
-    cores (bench/train_small.py). Threads can only be set before TensorFlow starts its runtime;
+    directions of a bidirectional layer) run side by side: +25-50 % training-step throughput on 2
+    cores (bench/train_step.py). Threads can only be set before TensorFlow starts its runtime;
     later calls leave them as they are (and say so in the log).
     """
     if intra_op is None:

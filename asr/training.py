@@ -490,10 +490,16 @@ def predict_logits(model: keras.Model, features: np.ndarray) -> np.ndarray:
 
 
 def transcribe_examples(model: keras.Model, data: SplitData, alphabet: Alphabet, config: DictConfig,
-                        limit: int | None = None, batch_size: int | None = None) -> tuple[list[str], list[str]]:
-    """Greedy transcripts of the first ``limit`` examples: (references, hypotheses)."""
+                        limit: int | None = None, batch_size: int | None = None,
+                        decode: Any = None) -> tuple[list[str], list[str]]:
+    """Transcripts of the first ``limit`` examples: (references, hypotheses).
+
+    ``decode(logits, lengths)`` turns a batch into text (e.g. a ``Decoder``'s ``decode``); greedy by default.
+    """
     from asr.audio import pad_features
     from asr.decoding import greedy_decode
+
+    decode = decode or (lambda logits, lengths: greedy_decode(logits, alphabet, lengths))
 
     examples = data.examples if limit is None else data.examples[:limit]
     batch_size = batch_size or int(config.trainer.batch_size)
@@ -502,7 +508,7 @@ def transcribe_examples(model: keras.Model, data: SplitData, alphabet: Alphabet,
         chunk = examples[start:start + batch_size]
         features, lengths = pad_features([data.features_for(example.utterance) for example in chunk])
         logits = predict_logits(model, features)
-        hypotheses += greedy_decode(logits, alphabet, models.output_lengths(lengths, config.model))
+        hypotheses += decode(logits, models.output_lengths(lengths, config.model))
         references += [alphabet.decode(example.labels.tolist()) for example in chunk]
     return references, hypotheses
 

@@ -99,24 +99,17 @@ def main() -> None:
 
 def beam_lm_figures(model: Any, config: Any, alphabet: Any, order: int, lm_path: Path) -> dict:
     """Test CER/WER with beam search and an n-gram LM built from the *training* transcripts only."""
-    from asr.audio import pad_features
     from asr.decoding import make_decoder
     from asr.lm import build_arpa
     from asr.manifest import read_manifest
     from asr.metrics import cer, wer
-    from asr.models import output_lengths
-    from asr.training import load_split, predict_logits
+    from asr.training import load_split, transcribe_examples
 
     started = time.perf_counter()
     build_arpa([utterance.text.split() for utterance in read_manifest(config.data.train_manifest)], order).write(lm_path)
     decoder = make_decoder({"name": "beam_lm", "beam_width": 32, "alpha": 0.5, "beta": 1.0}, alphabet, lm_path)
     test = load_split(config.data.test_manifest, config, alphabet, "test")
-    references, hypotheses = [], []
-    for start in range(0, len(test.examples), 32):
-        chunk = test.examples[start:start + 32]
-        features, lengths = pad_features([test.features_for(example.utterance) for example in chunk])
-        hypotheses += decoder.decode(predict_logits(model, features), output_lengths(lengths, config.model))
-        references += [alphabet.decode(example.labels.tolist()) for example in chunk]
+    references, hypotheses = transcribe_examples(model, test, alphabet, config, decode=decoder.decode)
     decoder.close()
     return {f"test_cer_beam_lm{order}": round(cer(references, hypotheses), 4),
             f"test_wer_beam_lm{order}": round(wer(references, hypotheses), 4),

@@ -141,7 +141,7 @@ def test_speed_perturbation_and_noise_reach_training_batches_reproducibly(corpus
         np.testing.assert_array_equal(features, again[index])  # (seed, epoch, index) fixes the augmentation
         plain = data.features_for(data.examples[index].utterance)
         ratios.append(len(plain) / len(features))
-        assert not np.array_equal(features[:len(plain)], plain[:len(features)])  # noise on every utterance
+        assert not np.array_equal(features[:len(plain)], plain[:len(features)])  # every utterance is changed
     assert all(ratio == pytest.approx(0.8, abs=0.02) or ratio == pytest.approx(1.25, abs=0.03) for ratio in ratios)
     assert {min((0.8, 1.25), key=lambda rate: abs(rate - ratio)) for ratio in ratios} == {0.8, 1.25}  # both drawn
     assert any(not np.array_equal(first[index], later[index]) for index in first)  # a fresh draw each epoch
