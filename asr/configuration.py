@@ -66,8 +66,9 @@ class OptimizerConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
     clipnorm: Optional[float] = 5.0
-    schedule: str = "plateau"  # "constant", "plateau" or "exponential"
+    schedule: str = "plateau"  # "constant", "plateau", "exponential" or "cosine"
     decay_rate: float = 0.5  # plateau: factor on stall; exponential: factor per epoch
+    min_learning_rate: float = 0.0  # cosine: the rate at the end of training
     plateau_patience: int = 2
     warmup_steps: int = 50
 
@@ -95,7 +96,7 @@ class TrainerConfig:
     resume: bool = True  # continue from the last checkpoint in exp_dir when there is one
     sortagrad: bool = True  # first epoch sorted by length, shuffled after
     log_every_steps: int = 10
-    time_limit_minutes: Optional[float] = None  # stop before an epoch that would end past this (from the run's start)
+    time_limit_minutes: Optional[float] = None  # wall time of the whole run (resumed runs add up); cuts the last epoch short
     intra_op_threads: Optional[int] = None  # TensorFlow threads per op; None: 1 without a GPU, else TF's default
     inter_op_threads: Optional[int] = None  # ops run side by side; None or 0: TF's default (one per core)
 
@@ -144,7 +145,7 @@ GROUP_SCHEMAS: dict[str, type] = {
 CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "features": {"type": ("mfcc", "logmel"), "normalize": ("utterance", "none")},
     "model.parameters": {"rnn_type": ("lstm", "gru")},
-    "optimizer": {"name": ("adam", "adamw", "sgd"), "schedule": ("constant", "plateau", "exponential")},
+    "optimizer": {"name": ("adam", "adamw", "sgd"), "schedule": ("constant", "plateau", "exponential", "cosine")},
     "decoder": {"name": ("greedy", "beam", "beam_lm")},
     "trainer": {"strategy": ("auto", "default", "mirrored", "multi_worker")},
 }

@@ -20,10 +20,16 @@ What a checkpoint (``exp_dir/checkpoints``, written after every completed epoch)
 * ``optimizer``: its slots (Adam moments), ``iterations`` and ``learning_rate`` variable;
 * ``epoch``: epochs completed; a resumed run starts with the next one, never repeating one;
 * ``best_val_loss``, ``epochs_without_improvement`` (early stopping);
-* ``scheduled_learning_rate``, ``plateau_wait`` (learning-rate schedule before warmup).
+* ``scheduled_learning_rate``, ``plateau_wait`` (learning-rate schedule before warmup);
+* ``elapsed_seconds``: wall time of the runs so far, which ``trainer.time_limit_minutes`` and the
+  cosine schedule count against.
 
 The data order of epoch ``k`` is a function of ``(seed, k)``, so nothing else is needed to
 continue where the run stopped. Best weights (lowest val loss) go to ``checkpoints/best.weights.h5``.
+With ``trainer.time_limit_minutes`` the epoch in progress is cut short when the time left is the
+last validation's duration, so the run, validation included, ends on time; ``optimizer.schedule=cosine``
+then anneals by time (or by steps over ``trainer.epochs``, whichever is further along), so a fixed
+budget ends at the lowest rate whatever the machine's speed.
 Metrics per epoch are appended to ``exp_dir/metrics.jsonl`` and passed to callbacks.
 """
 
@@ -152,6 +158,12 @@ def load_split(manifest: str, config: DictConfig, alphabet: Alphabet, split: str
     return SplitData(examples, features_for)
 
 
+def cosine_learning_rate(peak: float, floor: float, progress: float) -> float:
+    """``peak`` at progress 0, falling along half a cosine to ``floor`` at progress 1 (and after)."""
+    progress = min(max(progress, 0.0), 1.0)
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def make_optimizer(optimizer_config: DictConfig) -> keras.optimizers.Optimizer:
     common: dict[str, Any] = {"learning_rate": optimizer_config.learning_rate}
     if optimizer_config.clipnorm:
@@ -222,10 +234,11 @@ class Trainer:
             self.plateau_wait = tf.Variable(0, dtype=tf.int64, trainable=False)
             self.scheduled_learning_rate = tf.Variable(float(config.optimizer.learning_rate), dtype=tf.float64,
                                                        trainable=False)
+            self.elapsed_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="elapsed_seconds")
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, epoch=self.epoch, best_val_loss=self.best_val_loss,
             epochs_without_improvement=self.epochs_without_improvement, plateau_wait=self.plateau_wait,
-            scheduled_learning_rate=self.scheduled_learning_rate)
+            scheduled_learning_rate=self.scheduled_learning_rate, elapsed_seconds=self.elapsed_seconds)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.checkpoint_dir), max_to_keep=2)
 
     def _restore(self) -> None:
@@ -318,10 +331,32 @@ class Trainer:
                                waveform_augmenter=self.waveform_augmenter if training else None)
         return self.strategy.experimental_distribute_dataset(dataset)
 
-    # ----- learning rate -------------------------------------------------------------------
+    # ----- time and learning rate -----------------------------------------------------------
+    def _elapsed(self) -> float:
+        """Seconds since this run's ``fit()`` began, plus those of the runs it resumes."""
+        return self._elapsed_before + time.perf_counter() - self._started
+
+    def _time_left(self) -> float | None:
+        """Training seconds left under ``trainer.time_limit_minutes`` (the next validation's time set aside)."""
+        limit = self.config.trainer.get("time_limit_minutes")
+        return None if not limit else limit * 60 - self._validation_reserve - self._elapsed()
+
+    def _progress(self) -> float:
+        """How far training is (0 to 1): steps over ``trainer.epochs``, or time over the limit if further."""
+        progress = int(self.optimizer.iterations.numpy()) / max(1, self._total_steps)
+        limit = self.config.trainer.get("time_limit_minutes")
+        if limit:
+            progress = max(progress, (self._elapsed() + self._validation_reserve) / (limit * 60))
+        return progress
+
     def _set_step_learning_rate(self) -> None:
-        warmup = int(self.config.optimizer.warmup_steps)
-        rate = float(self.scheduled_learning_rate.numpy())
+        optimizer_config = self.config.optimizer
+        warmup = int(optimizer_config.warmup_steps)
+        if optimizer_config.schedule == "cosine":
+            rate = cosine_learning_rate(float(optimizer_config.learning_rate),
+                                        float(optimizer_config.min_learning_rate), self._progress())
+        else:
+            rate = float(self.scheduled_learning_rate.numpy())
         if warmup > 0:
             rate *= min(1.0, (int(self.optimizer.iterations.numpy()) + 1) / warmup)
         self.optimizer.learning_rate.assign(rate)
@@ -341,26 +376,35 @@ class Trainer:
                     logger.info("val loss stalled: learning rate now %.3g", float(self.scheduled_learning_rate.numpy()))
 
     # ----- epochs --------------------------------------------------------------------------
-    def _train_epoch(self, epoch_index: int) -> tuple[float, float]:
-        """One pass over the training data; returns (mean loss, seconds)."""
+    def _batch_indices(self, batch: dict) -> np.ndarray:
+        return np.concatenate([np.asarray(value).reshape(-1) for value in
+                               self.strategy.experimental_local_results(batch["index"])])
+
+    def _train_epoch(self, epoch_index: int) -> tuple[float, float, float, bool]:
+        """One pass over the training data, or less when time is up: (mean loss, seconds, audio seconds, cut short)."""
         assert self.train_data is not None
-        started, total_loss, total_count, step = time.perf_counter(), 0.0, 0, 0
+        examples = self.train_data.examples
+        started, total_loss, total_count, step, audio_seconds = time.perf_counter(), 0.0, 0, 0, 0.0
         log_every = max(1, int(self.config.trainer.log_every_steps))
         for batch in self._dataset(self.train_data, epoch_index, training=True):
+            time_left = self._time_left()
+            if time_left is not None and time_left <= 0 and step > 0:
+                logger.info("time limit: epoch %d cut short after %d step(s)", epoch_index + 1, step)
+                return total_loss / max(total_count, 1), time.perf_counter() - started, audio_seconds, True
             self._set_step_learning_rate()
             loss_tensor, count_tensor = self.distributed_train_step(batch)
             loss, count = float(loss_tensor.numpy()), int(count_tensor.numpy())
+            indices = self._batch_indices(batch)
             if not math.isfinite(loss):
-                indices = np.concatenate([np.asarray(value).reshape(-1) for value in
-                                          self.strategy.experimental_local_results(batch["index"])])
-                files = [str(self.train_data.examples[i].utterance.audio_filepath) for i in indices]
+                files = [str(examples[i].utterance.audio_filepath) for i in indices]
                 raise NaNLossError(f"loss is {loss} at epoch {epoch_index + 1}, step {step + 1}; "
                                    f"batch files: {', '.join(files)}")
             total_loss, total_count, step = total_loss + loss * count, total_count + count, step + 1
+            audio_seconds += sum(float(examples[i].utterance.duration) for i in indices)
             if step % log_every == 0:
                 logger.info("epoch %d step %d loss %.4f lr %.3g", epoch_index + 1, step, loss,
                             float(self.optimizer.learning_rate.numpy()))
-        return total_loss / max(total_count, 1), time.perf_counter() - started
+        return total_loss / max(total_count, 1), time.perf_counter() - started, audio_seconds, False
 
     def _fill_cache_ahead(self, epoch_index: int) -> Any:
         """On a cold feature cache, worker processes compute features ahead of this epoch's reader."""
@@ -395,17 +439,22 @@ class Trainer:
 
     def fit(self) -> TrainingResult:
         """Run the remaining epochs; returns the model with the best weights and the history."""
-        started = time.perf_counter()
+        self._started = started = time.perf_counter()
+        trainer = self.config.trainer
+        if trainer.get("time_limit_minutes") and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # each worker would read its own clock and stop (or set its rate) at a different step
+            raise UserError("trainer.time_limit_minutes does not work with several workers: set trainer.epochs")
         self._load_data()
         self._build()
         self._restore()
+        self._elapsed_before, self._validation_reserve = float(self.elapsed_seconds.numpy()), 0.0
+        self._total_steps = int(trainer.epochs) * math.ceil(len(self.train_data.examples) / int(trainer.batch_size))
         probe = make_dataset(self.train_data.examples[:1], self.train_data.features_for,
                              int(self.config.features.num_features), 1)
         self._step_functions(self.strategy.experimental_distribute_dataset(probe).element_spec)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         if self.chief:
             self.exp_dir.mkdir(parents=True, exist_ok=True)
-        trainer = self.config.trainer
         first_epoch = int(self.epoch.numpy())
         if first_epoch >= trainer.epochs:
             logger.info("checkpoint has %d epoch(s), trainer.epochs=%d: nothing left to train",
@@ -416,7 +465,7 @@ class Trainer:
             epoch_started = time.perf_counter()
             background_fill = self._fill_cache_ahead(epoch_index)
             try:
-                loss, seconds = self._train_epoch(epoch_index)
+                loss, seconds, audio_seconds, cut_short = self._train_epoch(epoch_index)
             finally:
                 if background_fill is not None:
                     background_fill.close()
@@ -426,9 +475,11 @@ class Trainer:
                 self.distributed_average_statistics()
             metrics: dict[str, Any] = {"epoch": epoch_index + 1, "loss": loss,
                                        "learning_rate": float(self.optimizer.learning_rate.numpy()),
-                                       "audio_seconds_per_second": self.train_data.audio_seconds / seconds,
+                                       "audio_seconds_per_second": audio_seconds / seconds,
                                        "epoch_seconds": seconds}
-            monitored = loss
+            if cut_short:
+                metrics["epoch_fraction"] = audio_seconds / self.train_data.audio_seconds
+            monitored, validation_started = loss, time.perf_counter()
             if self.dev_data is not None:
                 metrics["val_loss"] = monitored = self.evaluate_loss(self.dev_data)
                 references, hypotheses = transcribe_examples(self.model, self.dev_data, self.alphabet,
@@ -446,20 +497,21 @@ class Trainer:
                 self.epochs_without_improvement.assign_add(1)
             self._schedule_after_epoch(epoch_index + 1, improved)
             self.epoch.assign(epoch_index + 1)
+            self.elapsed_seconds.assign(self._elapsed())
             logger.info("epoch %d: %s", epoch_index + 1,
                         " ".join(f"{key} {value:.4g}" for key, value in metrics.items() if key != "epoch"))
             if self.chief:
                 with open(self.exp_dir / METRICS_FILE, "a") as stream:
                     stream.write(json.dumps(metrics) + "\n")
             self.manager.save(checkpoint_number=epoch_index + 1)
+            self._validation_reserve = time.perf_counter() - validation_started  # validation and saving
             history.append(metrics)
             for callback in self.callbacks:
                 if hasattr(callback, "on_epoch_end"):
                     callback.on_epoch_end(epoch_index + 1, metrics)
-            limit = trainer.get("time_limit_minutes")
-            elapsed = time.perf_counter() - started
-            if limit and elapsed + metrics["epoch_seconds"] > limit * 60 and epoch_index + 1 < trainer.epochs:
-                logger.info("time limit: %.1f of %.1f minutes used, the next epoch would not fit", elapsed / 60, limit)
+            time_left = self._time_left()
+            if time_left is not None and (cut_short or time_left <= 0) and epoch_index + 1 < trainer.epochs:
+                logger.info("time limit: %.1f of %.1f minutes used", self._elapsed() / 60, trainer.time_limit_minutes)
                 break
             patience = int(trainer.early_stopping_patience)
             if patience and int(self.epochs_without_improvement.numpy()) >= patience:
