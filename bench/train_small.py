@@ -1,6 +1,6 @@
 """Train the default small model on synthetic speech for a fixed time budget; print throughput and CER/WER.
 
-    .venv/bin/python bench/train_small.py                       # 7,000 utterances, 20 minutes in all
+    .venv/bin/python bench/train_small.py                       # 20,000 utterances, 20 minutes in all
     .venv/bin/python bench/train_small.py --minutes 5 -- model.parameters.rnn_type=lstm
 
 The budget covers everything after the corpus exists: features, training, validation. The test
@@ -33,7 +33,7 @@ SPLITS = {"train": 0.9, "dev": 0.05, "test": 0.05}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=7000, help="utterances to synthesise (90/5/5 split)")
+    parser.add_argument("--count", type=int, default=20000, help="utterances to synthesise (90/5/5 split)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=20.0, help="budget for features + training")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "asr-bench-train-small")
