@@ -27,7 +27,7 @@ What a checkpoint (``exp_dir/checkpoints``, written after every completed epoch)
 The data order of epoch ``k`` is a function of ``(seed, k)``, so nothing else is needed to
 continue where the run stopped. Best weights (lowest val loss) go to ``checkpoints/best.weights.h5``.
 With ``trainer.time_limit_minutes`` the epoch in progress is cut short when the time left is the
-last validation's duration, so the run, validation included, ends on time; ``optimizer.schedule=cosine``
+longest validation's duration so far, so the run, validation included, ends on time; ``optimizer.schedule=cosine``
 then anneals by time (or by steps over ``trainer.epochs``, whichever is further along), so a fixed
 budget ends at the lowest rate whatever the machine's speed.
 Metrics per epoch are appended to ``exp_dir/metrics.jsonl`` and passed to callbacks.
@@ -504,7 +504,8 @@ class Trainer:
                 with open(self.exp_dir / METRICS_FILE, "a") as stream:
                     stream.write(json.dumps(metrics) + "\n")
             self.manager.save(checkpoint_number=epoch_index + 1)
-            self._validation_reserve = time.perf_counter() - validation_started  # validation and saving
+            # the longest validation and save so far: the time an epoch cut short still needs
+            self._validation_reserve = max(self._validation_reserve, time.perf_counter() - validation_started)
             history.append(metrics)
             for callback in self.callbacks:
                 if hasattr(callback, "on_epoch_end"):

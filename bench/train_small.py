@@ -28,12 +28,12 @@ import time
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-SPLITS = {"train": 0.9, "dev": 0.05, "test": 0.05}
+SPLITS = {"train": 0.925, "dev": 0.025, "test": 0.05}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=20000, help="utterances to synthesise (90/5/5 split)")
+    parser.add_argument("--count", type=int, default=20000, help="utterances to synthesise (92.5/2.5/5 split)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=20.0, help="budget for features + training")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "asr-bench-train-small")
@@ -52,8 +52,8 @@ def main() -> None:
     from asr.configuration import register_configs, validate
     from asr.data.synth import synthesize_corpus
 
-    corpus_dir = arguments.out / f"corpus-{arguments.count}-{arguments.seed}-90-5-5"
-    if not (corpus_dir / "all.jsonl").exists():  # 5 % dev, 5 % test: enough to select and to measure
+    corpus_dir = arguments.out / f"corpus-{arguments.count}-{arguments.seed}-92-2-5"
+    if not (corpus_dir / "all.jsonl").exists():  # 2.5 % dev (validated every epoch, inside the budget), 5 % test
         synthesize_corpus(corpus_dir, arguments.count, arguments.seed, SPLITS, jobs=os.cpu_count() or 1)
     exp_dir = arguments.out / time.strftime("run-%Y%m%d-%H%M%S")
     register_configs()
