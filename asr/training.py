@@ -487,6 +487,7 @@ class Trainer:
                 if references:
                     from asr.metrics import cer, wer
                     metrics["val_wer"], metrics["val_cer"] = wer(references, hypotheses), cer(references, hypotheses)
+            metrics["validation_seconds"] = time.perf_counter() - validation_started
             metrics["epoch_seconds"] = time.perf_counter() - epoch_started
             improved = monitored < float(self.best_val_loss.numpy())
             if improved:
