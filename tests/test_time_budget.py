@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,23 @@ def test_a_time_limit_that_is_not_reached_changes_nothing(corpus, tmp_path):
     assert [epoch["epoch"] for epoch in history] == [1, 2]
     assert all("epoch_fraction" not in epoch for epoch in history)
     assert all(epoch["learning_rate"] == pytest.approx(3e-3) for epoch in history)
+
+
+def test_a_time_limit_is_refused_under_several_workers(corpus, tmp_path):
+    # a child process: a MultiWorkerMirroredStrategy fixes the collective setup of the process that makes it
+    script = f"""
+import tensorflow as tf
+from asr.configuration import validate
+from asr.errors import UserError
+from asr.training import Trainer
+config = validate({{"data": {{"train_manifest": {str(corpus["train"])!r}, "dev_manifest": None, "test_manifest": None}},
+                   "trainer": {{"time_limit_minutes": 5}}, "exp_dir": {str(tmp_path)!r}}})
+try:
+    Trainer(config, strategy=tf.distribute.MultiWorkerMirroredStrategy()).fit()
+except UserError as error:
+    print("refused:", error)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert "refused: trainer.time_limit_minutes does not work with several workers" in run.stdout, run.stderr[-2000:]
+    assert not (tmp_path / CHECKPOINT_DIR).exists()  # refused before anything was built or written
