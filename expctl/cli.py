@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -47,6 +48,22 @@ class State:
 
 
 state = State()
+
+
+# User text (names, overrides, paths, errors) may hold rich markup such as "[/]": it is only
+# ever shown as plain Text or with markup off, never parsed (a stray tag would crash every listing).
+def _cell(value: object) -> Text:
+    """A table cell that shows ``value`` literally."""
+    return value if isinstance(value, Text) else Text(str(value))
+
+
+def _row(table: Table, *values: object) -> None:
+    table.add_row(*(_cell(value) for value in values))
+
+
+def _say(message: str) -> None:
+    """One line of output, shown literally."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.callback()
@@ -121,11 +138,11 @@ def enqueue(
         ids = ", ".join(str(job.id) for job in result.jobs)
         where = f"{result.request.label}: " if result.request.label else ""
         if result.sweep_id is not None:
-            console.print(f"{where}sweep {result.sweep_id}: queued {len(result.jobs)} jobs ({ids})")
+            _say(f"{where}sweep {result.sweep_id}: queued {len(result.jobs)} jobs ({ids})")
         else:
-            console.print(f"{where}queued job {ids}: {result.jobs[0].name}")
+            _say(f"{where}queued job {ids}: {result.jobs[0].name}")
     if file is not None:
-        console.print(f"{total} job(s) queued from {file}")
+        _say(f"{total} job(s) queued from {file}")
     _report_untracked(tracker)
 
 
@@ -200,9 +217,8 @@ def list_command(
     for column in ("id", "status", "name", "attempt", "sweep", "prio", "worker", "updated", "reason"):
         table.add_column(column, overflow="fold")
     for job in found:
-        style = _STATUS_STYLE.get(job.status, "")
-        table.add_row(
-            str(job.id), f"[{style}]{job.status}[/]" if style else job.status, job.name,
+        _row(
+            table, job.id, Text(job.status, style=_STATUS_STYLE.get(job.status, "")), job.name,
             f"{job.attempts_used}/{job.max_attempts}", str(job.sweep_id or "-"), str(job.priority),
             job.worker_id or "-", _ago(job.updated_at), job.end_reason or "",
         )
@@ -239,7 +255,7 @@ def show(job_id: int = typer.Argument(..., help="Job id.")) -> None:
     if job.status == jobs.QUEUED and job.not_before > time.time():
         rows.append(("not before", _when(job.not_before)))
     for field_name, value in rows:
-        details.add_row(field_name, value)
+        _row(details, field_name, value)
     console.print(details)
     console.rule("frozen config")
     console.print(job.config_yaml.rstrip(), markup=False, highlight=False)
@@ -247,8 +263,8 @@ def show(job_id: int = typer.Argument(..., help="Job id.")) -> None:
     for column in ("time", "event", "attempt", "worker", "message"):
         events_table.add_column(column, overflow="fold")
     for event in history:
-        events_table.add_row(_when(event["time"]), event["kind"], str(event["attempt"] or "-"),
-                             event["worker_id"] or "-", event["message"])
+        _row(events_table, _when(event["time"]), event["kind"], event["attempt"] or "-",
+             event["worker_id"] or "-", event["message"])
     console.print(events_table)
 
 
@@ -315,9 +331,9 @@ def cancel(
     if sweep is not None:
         counts = jobs.cancel_sweep(engine, sweep)
         summary = ", ".join(f"{count} {what}" for what, count in counts.items()) or "nothing active"
-        console.print(f"sweep {sweep}: {summary}")
+        _say(f"sweep {sweep}: {summary}")
     else:
-        console.print(f"job {job_id}: {jobs.cancel(engine, job_id)}")
+        _say(f"job {job_id}: {jobs.cancel(engine, job_id)}")
     # A running job's run is ended by its daemon; a queued job never reaches one.
     _track_changes(engine, before, lambda tracker, job: tracker.on_finish(
         job, job.status, job.end_reason or "cancelled", None), only_status=jobs.CANCELLED)
@@ -357,10 +373,10 @@ def retry(
     before = _jobs_of(engine, job_id, sweep)
     if sweep is not None:
         count = jobs.retry_sweep(engine, sweep, failed_only=failed_only)
-        console.print(f"sweep {sweep}: {count} job(s) queued again")
+        _say(f"sweep {sweep}: {count} job(s) queued again")
     else:
         jobs.retry(engine, job_id)
-        console.print(f"job {job_id}: queued again")
+        _say(f"job {job_id}: queued again")
     _track_changes(engine, before, lambda tracker, job: tracker.on_requeue(job, "retried by a user"),
                    only_status=jobs.QUEUED)
 
@@ -375,8 +391,8 @@ def workers(all_workers: bool = typer.Option(False, "--all", help="Include stopp
     for column in ("worker", "status", "host", "pid", "GPUs", "job", "started", "last heartbeat"):
         table.add_column(column, overflow="fold")
     for worker in found:
-        table.add_row(worker["id"], worker["status"], worker["host"], str(worker["pid"]), worker["gpus"],
-                      str(worker["current_job_id"] or "-"), _when(worker["started_at"]), _ago(worker["heartbeat_at"]))
+        _row(table, worker["id"], worker["status"], worker["host"], worker["pid"], worker["gpus"],
+             worker["current_job_id"] or "-", _when(worker["started_at"]), _ago(worker["heartbeat_at"]))
     console.print(table)
 
 
@@ -399,7 +415,7 @@ def tracking_sync(
     folder = (workdir or Path.cwd()).resolve()
     selected = [jobs.get_job(engine, job_id) for job_id in job_ids] if job_ids else jobs.list_jobs(engine)
     tracker = MlflowTracker()
-    table = Table(title=f"MLflow sync ({tracker.uri})")
+    table = Table(title=Text(f"MLflow sync ({tracker.uri})"))
     for column in ("job", "status", "run", "done"):
         table.add_column(column, overflow="fold")
     failures = 0
@@ -409,14 +425,14 @@ def tracking_sync(
         except Exception as error:  # noqa: BLE001 - report each job, go on with the others
             failures += 1
             message = str(error).strip().splitlines()
-            table.add_row(str(job.id), job.status, job.tracking_run_id or "-",
-                          f"[red]failed: {message[0] if message else type(error).__name__}[/]")
+            _row(table, job.id, job.status, job.tracking_run_id or "-",
+                 Text(f"failed: {message[0] if message else type(error).__name__}", style="red"))
             if tracker.paused:
                 break
             continue
         if report.run_id != job.tracking_run_id or (report.uri != job.tracking_uri):
             jobs.set_tracking(engine, job.id, report.run_id, report.uri)
-        table.add_row(str(job.id), job.status, report.run_id, "; ".join(report.actions) or "in sync")
+        _row(table, job.id, job.status, report.run_id, "; ".join(report.actions) or "in sync")
     console.print(table)
     if failures:
         error_console.print(f"error: {failures} job(s) could not be synced with MLflow at {tracker.uri}",
@@ -429,7 +445,7 @@ def db_upgrade() -> None:
     """Apply the queue database's pending migrations."""
     engine = db.create_engine(state.db_url, migrate=False)
     head = db.upgrade(engine)
-    console.print(f"queue database at revision {head}")
+    _say(f"queue database at revision {head}")
 
 
 def main() -> None:
