@@ -38,11 +38,16 @@ def data_synth(
     count: int = typer.Option(400, help="Number of utterances."),
     seed: int = typer.Option(0, help="Same seed, same corpus."),
     jobs: int = typer.Option(2, help="Worker processes."),
+    engines: str = typer.Option("espeak", help="Comma-separated synthesizers: espeak, flite (Debian flite: make voices)."),
+    text: str = typer.Option("generator", help="Comma-separated text sources: generator, fortunes (Debian fortunes)."),
+    room: float = typer.Option(0.0, help="Share of utterances given a simulated room, band limit or noise (0..1)."),
+    splits: str = typer.Option("train=0.8,dev=0.1,test=0.1", help="Split shares, name=fraction,..."),
 ) -> None:
-    """Synthesise an offline English corpus with espeak-ng (16 kHz WAVs + manifests)."""
+    """Synthesise an offline English corpus (16 kHz WAVs + manifests), reproducible from its seed."""
     from asr.data import synth
 
-    _run(lambda: synth.main(out=out, count=count, seed=seed, jobs=jobs))
+    _run(lambda: synth.main(out=out, count=count, seed=seed, jobs=jobs, engines=engines, text=text, room=room,
+                               splits=splits))
 
 
 @import_app.command("librispeech")
