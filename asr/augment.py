@@ -13,6 +13,8 @@
   together); ``rate=1.1`` makes the clip 1/1.1 as long.
 * ``add_noise(signal, snr_db, rng, noise=None)``: white noise, or a random stretch of a
   given noise recording, scaled to the requested signal-to-noise ratio.
+* ``reverberate``, ``band_limit``, ``colored_noise``: simulated rooms, telephone-like channels and
+  coloured noise, baked into synthetic corpora by ``asr data synth --room``.
 * ``augment_waveform(...)``: what ``AugmentConfig`` asks for on the waveform side.
 * ``WaveformAugmenter``: the training pipeline's use of it: features of one utterance after
   speed perturbation and noise, fresh for every (seed, epoch, utterance) and reproducible.
@@ -198,6 +200,48 @@ def add_noise(signal: np.ndarray, snr_db: float, rng: np.random.Generator,
         return signal.copy()
     scale = np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
     return (signal + scale * stretch).astype(np.float32)
+
+
+def colored_noise(length: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise whose power falls as 1/f**exponent (0 white, 1 pink, 2 brown), unit variance."""
+    spectrum = np.fft.rfft(rng.standard_normal(length))
+    frequencies = np.maximum(np.arange(spectrum.size), 1.0)
+    shaped = np.fft.irfft(spectrum / frequencies ** (exponent / 2.0), n=length)
+    return (shaped / (np.std(shaped) or 1.0)).astype(np.float32)
+
+
+def reverberate(signal: np.ndarray, rt60: float, direct_to_reverberant_db: float, rng: np.random.Generator,
+                sample_rate: int = 16000) -> np.ndarray:
+    """``signal`` in a simulated room: a direct path plus exponentially decaying noise (Polack's model).
+
+    ``rt60`` is the time (s) the reverberant tail takes to fall by 60 dB; the output keeps the
+    input's length and peak level, so the transcript's timing is unchanged.
+    """
+    from scipy.signal import fftconvolve
+
+    signal = np.asarray(signal, dtype=np.float32)
+    if signal.size == 0 or rt60 <= 0:
+        return signal.copy()
+    times = np.arange(int(rt60 * sample_rate)) / sample_rate
+    tail = rng.standard_normal(times.size) * np.exp(-6.9078 * times / rt60)
+    tail[0] = 0.0
+    tail *= np.sqrt(10.0 ** (-direct_to_reverberant_db / 10.0) / max(float(np.sum(tail ** 2)), 1e-12))
+    tail[0] = 1.0  # the direct path
+    wet = fftconvolve(signal, tail.astype(np.float32))[: signal.size]
+    peak_in, peak_out = float(np.max(np.abs(signal))), float(np.max(np.abs(wet)))
+    return (wet * (peak_in / peak_out if peak_out > 0 else 1.0)).astype(np.float32)
+
+
+def band_limit(signal: np.ndarray, low_hz: float | None, high_hz: float, sample_rate: int = 16000) -> np.ndarray:
+    """``signal`` through a 4th-order Butterworth band-pass (high-pass skipped when ``low_hz`` is None)."""
+    from scipy.signal import butter, sosfilt
+
+    signal = np.asarray(signal, dtype=np.float32)
+    if low_hz:
+        sos = butter(4, [low_hz, high_hz], btype="bandpass", fs=sample_rate, output="sos")
+    else:
+        sos = butter(4, high_hz, btype="lowpass", fs=sample_rate, output="sos")
+    return sosfilt(sos, signal).astype(np.float32)
 
 
 def load_noises(paths: Sequence[str], sample_rate: int) -> list[np.ndarray]:

@@ -1,4 +1,12 @@
-"""Synthetic English speech: espeak-ng (from the ``espeakng-loader`` wheel) reads generated sentences.
+"""Synthetic English speech: espeak-ng (the ``espeakng-loader`` wheel) and flite read English sentences.
+
+Engines: ``espeak`` (no apt needed) and ``flite`` (Debian's ``flite``: voices kal, kal16, awb,
+rms, slt; ``make voices``). Festival is deliberately not an engine here: its voices are kept for
+evaluation only (``bench/quality.py``), so that a synthesizer the model never heard stays
+measurable. Text sources: ``generator`` (``asr.data.sentences``) and ``fortunes`` (natural
+sentences, ``asr.data.texts``), mixed in equal shares (fortunes up to what is installed).
+``room`` is the share of utterances that get a simulated room, a band-limited channel and/or
+noise at a random SNR (``asr.augment``), baked into the WAV.
 
 ``synthesize_corpus(out_dir, count, seed)`` writes ``out_dir/wavs/*.wav`` (16 kHz, mono, 16-bit PCM)
 and JSON-lines manifests ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` and ``all.jsonl`` with
@@ -16,10 +24,14 @@ the count, never on ``jobs``.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import multiprocessing
 import os
 import random
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -31,7 +43,9 @@ import numpy as np
 import soundfile
 import soxr
 
+from asr.augment import add_noise, band_limit, colored_noise, reverberate
 from asr.data.sentences import generate_sentences
+from asr.data.texts import fortune_sentences
 from asr.errors import UserError
 
 SAMPLE_RATE = 16_000
@@ -57,21 +71,36 @@ VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3"
             "anika", "aunty", "belinda", "benjamin", "boris", "caleb", "david", "ed", "edward", "iven",
             "john", "linda", "max", "michel", "norbert", "paul", "pedro", "quincy", "robert",
             "steph", "travis", "victor", "zac")
+ENGINES = ("espeak", "flite")
+TEXT_SOURCES = ("generator", "fortunes")
+# flite's English voices (Debian flite 2.2); awb_time only speaks times of day.
+FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
+_FLITE_MEAN_PITCH = {"kal": 105.0, "kal16": 105.0, "awb": 110.0, "rms": 100.0, "slt": 170.0}  # Hz
 _QUESTION_STARTS = frozenset({"did", "do", "does", "can", "could", "will", "would", "should", "might", "where",
                               "when", "why", "how", "what", "who"})
 
 
 @dataclass(frozen=True)
 class VoiceSettings:
-    """How one utterance is spoken."""
+    """How one utterance is spoken, and through what room and channel it is heard."""
 
-    voice: str  # espeak voice name, "accent" or "accent+variant"
-    rate: int  # words per minute (espeak: 80..450, default 175)
+    voice: str  # espeak voice name, "accent" or "accent+variant"; flite: a FLITE_VOICES name
+    rate: int  # words per minute (espeak: 80..450, default 175; flite: 175 = its own speed)
     pitch: int  # 0..100, default 50
     pitch_range: int  # 0..100, default 50
     peak: float  # peak amplitude of the written signal, 0..1
     lead_silence: float  # seconds before the speech
     trail_silence: float  # seconds after the speech
+    engine: str = "espeak"
+    rt60: float = 0.0  # reverberation time of the simulated room (s); 0: dry
+    band: tuple[float, float] | None = None  # (low Hz or 0, high Hz) of the channel; None: full band
+    snr_db: float | None = None  # additive noise; None: clean
+    noise_color: float = 0.0  # 0 white, 1 pink, 2 brown
+
+    @property
+    def label(self) -> str:
+        """engine:voice, as written in the manifest."""
+        return f"{self.engine}:{self.voice}"
 
 
 def espeak_data_path() -> Path:
@@ -87,11 +116,14 @@ def available_variants() -> tuple[str, ...]:
     return tuple(name for name in VARIANTS if not name or (folder / name).is_file())
 
 
-def choose_settings(rng: random.Random, variants: Sequence[str]) -> VoiceSettings:
-    """Draw a voice, speed, pitch, level and padding for one utterance."""
+def choose_settings(rng: random.Random, variants: Sequence[str], engines: Sequence[str] = ("espeak",),
+                    room: float = 0.0) -> VoiceSettings:
+    """Draw an engine, voice, speed, pitch, level, padding and (with probability ``room``) a room."""
+    # The espeak-only draw sequence is kept as it was, so espeak-only corpora stay byte-identical.
+    engine_name = engines[0] if len(engines) == 1 else None
     accent = rng.choice(ACCENTS)
     variant = rng.choice(variants)
-    return VoiceSettings(
+    settings = VoiceSettings(
         voice=f"{accent}+{variant}" if variant else accent,
         rate=rng.randint(125, 215),
         pitch=rng.randint(25, 75),
@@ -100,6 +132,20 @@ def choose_settings(rng: random.Random, variants: Sequence[str]) -> VoiceSetting
         lead_silence=round(rng.uniform(0.05, 0.3), 3),
         trail_silence=round(rng.uniform(0.05, 0.3), 3),
     )
+    engine_name = engine_name or rng.choice(list(engines))
+    if engine_name == "flite":
+        settings = dataclasses.replace(settings, engine="flite", voice=rng.choice(FLITE_VOICES),
+                                       rate=rng.randint(140, 215))
+    if room > 0 and rng.random() < room:
+        settings = dataclasses.replace(
+            settings,
+            rt60=round(rng.uniform(0.15, 0.8), 3) if rng.random() < 0.5 else 0.0,
+            band=rng.choice([(300.0, 3400.0), (0.0, 4000.0), (0.0, 5500.0), (100.0, 7000.0)])
+            if rng.random() < 0.4 else None,
+            snr_db=round(rng.uniform(5.0, 30.0), 2) if rng.random() < 0.6 else None,
+            noise_color=rng.choice([0.0, 1.0, 2.0]),
+        )
+    return settings
 
 
 class Espeak:
@@ -161,34 +207,109 @@ def spoken_form(text: str) -> str:
     return text + ("?" if text.split(" ", 1)[0] in _QUESTION_STARTS else ".")
 
 
-def synthesize(text: str, settings: VoiceSettings) -> np.ndarray:
-    """``text`` as 16 kHz int16 mono samples with the level and padding of ``settings``."""
-    speech = engine().speak(spoken_form(text), settings).astype(np.float32) / 32768.0
-    speech = soxr.resample(speech, engine().sample_rate, SAMPLE_RATE, quality="HQ")
-    peak = float(np.max(np.abs(speech))) if speech.size else 0.0
-    if peak > 0:
-        speech *= settings.peak / peak
+def flite_speak(text: str, settings: VoiceSettings) -> tuple[np.ndarray, int]:
+    """float32 samples and their rate: the ``flite`` program reads ``text`` as ``settings`` say."""
+    if shutil.which("flite") is None:
+        raise UserError("the flite engine needs Debian's flite program: run make voices "
+                        "(or apt-get install flite)")
+    with tempfile.TemporaryDirectory(prefix="asr-flite-") as folder:
+        wav = os.path.join(folder, "speech.wav")
+        pitch = _FLITE_MEAN_PITCH[settings.voice] * (0.8 + 0.4 * settings.pitch / 100.0)
+        command = ["flite", "-voice", settings.voice, "-t", text, "-o", wav,
+                   "--setf", f"duration_stretch={175.0 / settings.rate:.3f}",
+                   "--setf", f"int_f0_target_mean={pitch:.1f}"]
+        completed = subprocess.run(command, capture_output=True, text=True)
+        if completed.returncode != 0:
+            raise RuntimeError(f"flite failed on {text!r} with voice {settings.voice}: "
+                               f"{completed.stderr.strip() or completed.returncode}")
+        speech, rate = soundfile.read(wav, dtype="float32")
+    return speech, rate
+
+
+def through_room(signal: np.ndarray, settings: VoiceSettings, rng: np.random.Generator) -> np.ndarray:
+    """``signal`` after the room, channel and noise of ``settings`` (each only when set)."""
+    if settings.rt60 > 0:
+        signal = reverberate(signal, settings.rt60, float(rng.uniform(0.0, 10.0)), rng, SAMPLE_RATE)
+    if settings.band is not None:
+        low, high = settings.band
+        signal = band_limit(signal, low or None, high, SAMPLE_RATE)
+    if settings.snr_db is not None:
+        noise = colored_noise(signal.size, settings.noise_color, rng)
+        signal = add_noise(signal, settings.snr_db, rng, noise)
+    return signal
+
+
+def synthesize(text: str, settings: VoiceSettings, room_seed: int = 0) -> np.ndarray:
+    """``text`` as 16 kHz int16 mono samples with the voice, level, padding and room of ``settings``."""
+    if settings.engine == "flite":
+        speech, rate = flite_speak(spoken_form(text), settings)
+    else:
+        speech = engine().speak(spoken_form(text), settings).astype(np.float32) / 32768.0
+        rate = engine().sample_rate
+    if rate != SAMPLE_RATE:
+        speech = soxr.resample(speech, rate, SAMPLE_RATE, quality="HQ")
     signal = np.concatenate([
         np.zeros(round(settings.lead_silence * SAMPLE_RATE), np.float32), speech,
         np.zeros(round(settings.trail_silence * SAMPLE_RATE), np.float32),
     ])
+    signal = through_room(signal, settings, np.random.default_rng(room_seed))
+    peak = float(np.max(np.abs(signal))) if signal.size else 0.0
+    if peak > 0:
+        signal *= settings.peak / peak
     return np.clip(np.round(signal * 32767.0), -32768, 32767).astype(np.int16)
 
 
-def utterance_settings(seed: int, index: int, variants: Sequence[str]) -> VoiceSettings:
+def utterance_settings(seed: int, index: int, variants: Sequence[str], engines: Sequence[str] = ("espeak",),
+                       room: float = 0.0) -> VoiceSettings:
     """The settings of utterance ``index`` of the corpus of ``seed`` (independent of the others)."""
-    return choose_settings(random.Random(f"asr-synth:{seed}:{index}"), variants)
+    return choose_settings(random.Random(f"asr-synth:{seed}:{index}"), variants, engines, room)
 
 
-def _synthesize_block(out_dir: str, seed: int, items: list[tuple[int, str, str]]) -> list[int]:
-    """Write the WAVs of ``items`` (index, text, relative path); return their lengths in samples."""
+def _synthesize_block(out_dir: str, seed: int, items: list[tuple[int, str, str]], engines: Sequence[str] = ("espeak",),
+                      room: float = 0.0) -> list[tuple[int, str]]:
+    """Write the WAVs of ``items`` (index, text, relative path); return (samples, engine:voice) of each."""
     variants = available_variants()
-    lengths = []
+    written = []
     for index, text, relative_path in items:
-        samples = synthesize(text, utterance_settings(seed, index, variants))
+        settings = utterance_settings(seed, index, variants, engines, room)
+        samples = synthesize(text, settings, room_seed=seed * 1_000_003 + index)
         soundfile.write(os.path.join(out_dir, relative_path), samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        lengths.append(len(samples))
-    return lengths
+        written.append((len(samples), settings.label))
+    return written
+
+
+def corpus_sentences(count: int, seed: int, sources: Sequence[str]) -> list[tuple[str, str]]:
+    """``count`` distinct (text, source) pairs, the sources in equal shares (fortunes up to what exists).
+
+    With one source the order is that source's own; with several, the pairs are shuffled from the
+    seed so that every split holds each source.
+    """
+    if list(sources) == ["generator"]:
+        return [(text, "generator") for text in generate_sentences(count, seed)]
+    natural: list[str] = []
+    if "fortunes" in sources:
+        natural = list(fortune_sentences())
+        random.Random(f"asr-synth-text:{seed}").shuffle(natural)
+        natural = natural[: count if len(sources) == 1 else min(len(natural), count // len(sources))]
+        if len(sources) == 1 and len(natural) < count:
+            raise UserError(f"only {len(natural)} fortune sentences are installed; ask for fewer with --count "
+                            "or add --text generator")
+    pairs = [(text, "fortunes") for text in natural]
+    if "generator" in sources:
+        taken = set(natural)
+        generated = [text for text in generate_sentences(count + len(natural), seed) if text not in taken]
+        pairs += [(text, "generator") for text in generated[: count - len(pairs)]]
+    random.Random(f"asr-synth-mix:{seed}").shuffle(pairs)
+    return pairs
+
+
+def parse_choices(value: str | Sequence[str], allowed: Sequence[str], option: str) -> tuple[str, ...]:
+    """A comma-separated list of names, each one of ``allowed`` (one clear error otherwise)."""
+    names = [name.strip() for name in (value.split(",") if isinstance(value, str) else value) if name.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if not names or unknown:
+        raise UserError(f"{option} takes a comma-separated list of {', '.join(allowed)}; got {value!r}")
+    return tuple(dict.fromkeys(names))
 
 
 def split_sizes(count: int, splits: dict[str, float]) -> dict[str, int]:
@@ -230,7 +351,8 @@ def _check_arguments(out_dir: Path, count: int, jobs: int, splits: dict[str, flo
 
 
 def synthesize_corpus(out_dir: Path, count: int, seed: int, splits: dict[str, float] | None = None,
-                      jobs: int = 1, quiet: bool = False) -> dict[str, Path]:
+                      jobs: int = 1, quiet: bool = False, engines: Sequence[str] = ("espeak",),
+                      text: Sequence[str] = ("generator",), room: float = 0.0) -> dict[str, Path]:
     """Synthesise ``count`` distinct sentences into ``out_dir``; return the manifest of each split and "all".
 
     The same seed and count give byte-identical WAVs and manifests, whatever ``jobs`` is. Splits
@@ -240,28 +362,39 @@ def synthesize_corpus(out_dir: Path, count: int, seed: int, splits: dict[str, fl
     started = time.perf_counter()
     out_dir = Path(out_dir)
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
+    engines = parse_choices(engines, ENGINES, "--engines")
+    sources = parse_choices(text, TEXT_SOURCES, "--text")
+    if not 0.0 <= room <= 1.0:
+        raise UserError(f"--room is a share of utterances between 0 and 1, not {room}")
+    if "flite" in engines and shutil.which("flite") is None:
+        raise UserError("the flite engine needs Debian's flite program: run make voices (or apt-get install flite)")
     _check_arguments(out_dir, count, jobs, splits)
-    sentences = generate_sentences(count, seed)
+    sentences = corpus_sentences(count, seed, sources)
     width = max(6, len(str(count - 1)))
-    items = [(index, text, f"wavs/{index:0{width}d}.wav") for index, text in enumerate(sentences)]
+    items = [(index, text, f"wavs/{index:0{width}d}.wav") for index, (text, _) in enumerate(sentences)]
     blocks = [items[start:start + BLOCK_SIZE] for start in range(0, count, BLOCK_SIZE)]
     # A fresh process per block (see the module docstring); forkserver, because fork is unsafe
     # once TensorFlow's threads run in the parent.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["asr.data.synth"])
-    lengths: list[int] = []
+    written: list[tuple[int, str]] = []
     try:
         with ProcessPoolExecutor(max_workers=min(jobs, len(blocks)), mp_context=context,
                                  max_tasks_per_child=1) as pool:
-            for block_lengths in pool.map(_synthesize_block, [str(out_dir)] * len(blocks), [seed] * len(blocks),
-                                          blocks):
-                lengths.extend(block_lengths)
+            for block in pool.map(_synthesize_block, [str(out_dir)] * len(blocks), [seed] * len(blocks),
+                                  blocks, [engines] * len(blocks), [room] * len(blocks)):
+                written.extend(block)
     except BrokenProcessPool:
-        first = len(lengths)
+        first = len(written)
         raise RuntimeError(f"libespeak-ng crashed while synthesising utterance {first} or a later one "
                            f"of seed {seed}; try another --seed and report the seed and count") from None
-    records = [{"audio_filepath": path, "duration": round(length / SAMPLE_RATE, 4), "text": text}
-               for (index, text, path), length in zip(items, lengths)]
+    lengths = [length for length, _ in written]
+    records = []
+    for (index, text, path), (length, voice), (_, source) in zip(items, written, sentences):
+        record = {"audio_filepath": path, "duration": round(length / SAMPLE_RATE, 4), "text": text}
+        if engines != ("espeak",) or sources != ("generator",) or room:
+            record.update(voice=voice, source=source)  # older corpora keep their exact bytes
+        records.append(record)
     manifests: dict[str, Path] = {}
     start = 0
     for name, size in split_sizes(count, splits).items():
@@ -283,8 +416,23 @@ def _write_manifest(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def main(out: Path, count: int, seed: int, jobs: int = 1) -> None:
+def parse_splits(value: str) -> dict[str, float]:
+    """``"train=0.9,dev=0.05,test=0.05"`` as a dict (one clear error for anything else)."""
+    splits = {}
+    for part in value.split(","):
+        name, _, fraction = part.partition("=")
+        try:
+            splits[name.strip()] = float(fraction)
+        except ValueError:
+            raise UserError(f"--splits takes name=fraction pairs such as train=0.9,dev=0.05,test=0.05; "
+                            f"got {value!r}") from None
+    return splits
+
+
+def main(out: Path, count: int, seed: int, jobs: int = 1, engines: str = "espeak", text: str = "generator",
+         room: float = 0.0, splits: str = "train=0.8,dev=0.1,test=0.1") -> None:
     """The ``asr data synth`` command: write the corpus and print where its manifests are."""
-    manifests = synthesize_corpus(Path(out), count, seed, jobs=jobs)
+    manifests = synthesize_corpus(Path(out), count, seed, splits=parse_splits(splits), jobs=jobs, engines=engines,
+                                  text=text, room=room)
     sizes = {name: path.read_text(encoding="utf-8").count("\n") for name, path in manifests.items()}
     print("manifests: " + ", ".join(f"{name} {manifests[name]} ({sizes[name]})" for name in manifests))
