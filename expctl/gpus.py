@@ -14,6 +14,10 @@ from expctl.errors import UserError
 
 DEFAULT_LOCK_DIR = "/tmp/expctl-locks"
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+# Bounds checked before a range is expanded (``0-99999999`` would build a list of 10^8 ints), and
+# so that the CUDA_VISIBLE_DEVICES text fits the 200-character gpus columns of the queue database.
+MAX_GPU_INDEX = 4095
+MAX_GPUS = 32
 
 
 def lock_dir() -> Path:
@@ -32,7 +36,10 @@ def detect_gpus() -> list[int]:
         ).stdout
     except (subprocess.SubprocessError, OSError) as error:
         raise UserError(f"--gpus all: nvidia-smi failed: {error}") from None
-    indices = sorted(int(line) for line in listing.split() if line.strip().isdigit())
+    indices = sorted(int(line) for line in listing.split() if line.strip().isdigit() and len(line) <= 6)
+    if len(indices) > MAX_GPUS or any(index > MAX_GPU_INDEX for index in indices):
+        raise UserError(f"--gpus all: nvidia-smi lists {len(indices)} GPUs; name at most {MAX_GPUS} "
+                        f"(indices up to {MAX_GPU_INDEX}), e.g. --gpus 0-7")
     if not indices:
         raise UserError("--gpus all: nvidia-smi lists no GPUs (use --gpus none for CPU)")
     return indices
@@ -47,18 +54,25 @@ def parse_gpu_spec(spec: str) -> list[int]:
         return []
     if text == "all":
         return detect_gpus()
+    shown = spec if len(spec) <= 60 else spec[:57] + "..."
     indices: list[int] = []
     for part in text.split(","):
         match = _RANGE.match(part.strip())
         if match is None:
-            raise UserError(f"bad GPU spec {spec!r}: {part.strip()!r} is not an index or a range like 0-7")
+            raise UserError(f"bad GPU spec {shown!r}: {part.strip()[:40]!r} is not an index or a range like 0-7")
+        for number in match.groups():
+            # compare the digits' length first: int() of thousands of digits is slow or refused
+            if number is not None and (len(number) > 6 or int(number) > MAX_GPU_INDEX):
+                raise UserError(f"bad GPU spec {shown!r}: GPU index {number[:12]} is over {MAX_GPU_INDEX}")
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) is not None else first
         if last < first:
-            raise UserError(f"bad GPU spec {spec!r}: range {part.strip()!r} runs backwards")
+            raise UserError(f"bad GPU spec {shown!r}: range {part.strip()!r} runs backwards")
         indices.extend(range(first, last + 1))
+        if len(indices) > MAX_GPUS:
+            raise UserError(f"bad GPU spec {shown!r}: more than {MAX_GPUS} GPUs for one daemon")
     if len(set(indices)) != len(indices):
-        raise UserError(f"bad GPU spec {spec!r}: a GPU is named twice")
+        raise UserError(f"bad GPU spec {shown!r}: a GPU is named twice")
     return sorted(indices)
 
 

@@ -44,6 +44,24 @@ EXIT_CODE_NEVER_RETRY = 2
 DEFAULT_BACKOFF_S = 10.0
 MAX_BACKOFF_S = 600.0
 STALE_WORKER_S = 600.0
+# Integer columns are 32-bit on PostgreSQL (64-bit on SQLite): priorities and attempt budgets must
+# fit both. An id outside 64 bits cannot exist, and SQLite would raise OverflowError on it.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+MAX_ATTEMPTS = 1000
+MAX_NAME_CHARS = 200  # the name columns' length
+
+
+def check_id(value: int, what: str = "job") -> None:
+    """A job or sweep id nobody could have: the same one line as an unknown id."""
+    if not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise UserError(f"no {what} with id {value}")
+
+
+def check_priority(value: int) -> None:
+    """Priorities are stored as 32-bit integers on every database."""
+    if not -INT32_MAX - 1 <= value <= INT32_MAX:
+        raise UserError(f"--priority must be between {-INT32_MAX - 1} and {INT32_MAX}, not {value}")
 
 
 @dataclass(frozen=True)
@@ -218,8 +236,11 @@ def enqueue_batches(
         raise UserError("nothing to enqueue")
     seen: dict[str, NewJob] = {}
     for item in all_items:
-        if item.max_attempts < 1:
-            raise UserError(f"--max-attempts must be at least 1, not {item.max_attempts}")
+        if not 1 <= item.max_attempts <= MAX_ATTEMPTS:
+            raise UserError(f"--max-attempts must be between 1 and {MAX_ATTEMPTS}, not {item.max_attempts}")
+        check_priority(item.priority)
+        if len(item.name) > MAX_NAME_CHARS:
+            raise UserError(f"the name {item.name[:40]!r}... is longer than {MAX_NAME_CHARS} characters")
         if not item.allow_duplicate:
             if item.config_hash in seen:
                 first = seen[item.config_hash]
@@ -507,6 +528,7 @@ def stop_worker(engine: Engine, worker_id: str) -> None:
 
 
 def _job_or_error(connection: Connection, job_id: int) -> Job:
+    check_id(job_id)
     row = connection.execute(select(jobs).where(jobs.c.id == job_id)).one_or_none()
     if row is None:
         raise UserError(f"no job with id {job_id}")
@@ -514,6 +536,7 @@ def _job_or_error(connection: Connection, job_id: int) -> Job:
 
 
 def _check_sweep(connection: Connection, sweep_id: int) -> None:
+    check_id(sweep_id, "sweep")
     if connection.execute(select(sweeps.c.id).where(sweeps.c.id == sweep_id)).one_or_none() is None:
         raise UserError(f"no sweep with id {sweep_id}")
 
@@ -628,6 +651,8 @@ def list_jobs(engine: Engine, status: str | None = None, sweep_id: int | None = 
             _check_sweep(connection, sweep_id)
             query = query.where(jobs.c.sweep_id == sweep_id)
         if limit is not None:
+            if not 0 <= limit <= INT64_MAX:
+                raise UserError(f"--limit must be between 0 and {INT64_MAX}, not {limit}")
             query = query.order_by(None).order_by(jobs.c.id.desc()).limit(limit)
         rows = connection.execute(query).all()
     found = [Job.from_row(row) for row in rows]

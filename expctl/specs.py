@@ -22,6 +22,11 @@ from expctl.errors import UserError
 
 DEFAULT_APP = "asr.train"
 COMPOSE_TIMEOUT_S = 600
+# Overrides travel on the app's command line, where Linux caps one argument at 128 KiB and all of
+# them at ~2 MB ("Argument list too long"): refuse bigger ones at enqueue with a clear line.
+MAX_OVERRIDE_BYTES = 100_000
+MAX_SPEC_BYTES = 1_000_000
+MAX_APP_CHARS = 200
 _YAML_SUFFIXES = (".yaml", ".yml")
 
 
@@ -62,6 +67,8 @@ def config_hash(app: str, config_yaml: str) -> str:
 def validate_app(app: str) -> str:
     """A module path such as ``asr.train`` (dotted identifiers only: it goes on a command line)."""
     parts = app.split(".")
+    if len(app) > MAX_APP_CHARS:
+        raise UserError(f"bad --app {app[:40]!r}...: longer than {MAX_APP_CHARS} characters")
     if not app or not all(part.isidentifier() for part in parts):
         raise UserError(f"bad --app {app!r}: expected a Python module path such as asr.train")
     return app
@@ -89,6 +96,20 @@ def base_arguments(base: str) -> list[str]:
     return ["--config-path", str(path.resolve().parent), "--config-name", stem]
 
 
+def check_sizes(base: str, overrides: list[str] | tuple[str, ...]) -> None:
+    """Refuse a base or override too long for a command line (UTF-8 bytes, as the kernel counts)."""
+    total = 0
+    for text in (base, *overrides):
+        size = len(text.encode("utf-8", errors="surrogatepass"))
+        total += size
+        if size > MAX_OVERRIDE_BYTES:
+            key = text.split("=", 1)[0][:40] if "=" in text[:200] else text[:40] + "..."
+            raise UserError(f"{key!r} is {size:,} bytes long: a base or override may have at most "
+                            f"{MAX_OVERRIDE_BYTES:,} (put big values in a file and pass its path)")
+    if total > MAX_SPEC_BYTES:
+        raise UserError(f"the spec is {total:,} bytes long: at most {MAX_SPEC_BYTES:,} fit on a command line")
+
+
 def expand(app: str, base: str, overrides: list[str]) -> SweepPlan:
     """Expand sweep overrides into one Spec per combination (Hydra's parser and BasicSweeper)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -98,6 +119,7 @@ def expand(app: str, base: str, overrides: list[str]) -> SweepPlan:
     from omegaconf.errors import OmegaConfBaseException
 
     validate_app(app)
+    check_sizes(base, overrides)
     for override in overrides:
         if override.startswith("-"):
             raise UserError(f"bad override {override!r}: Hydra flags are not overrides (expected key=value)")

@@ -36,6 +36,13 @@ class Submitted:
 
 def _plan(request: Request) -> specs.SweepPlan:
     try:
+        # bounds first, so that a bad value is refused before anything is composed
+        jobs.check_priority(request.priority)
+        if not 1 <= request.max_attempts <= jobs.MAX_ATTEMPTS:
+            raise UserError(f"--max-attempts must be between 1 and {jobs.MAX_ATTEMPTS}, not {request.max_attempts}")
+        if request.name is not None and len(request.name) > jobs.MAX_NAME_CHARS:
+            raise UserError(f"--name is longer than {jobs.MAX_NAME_CHARS} characters")
+        specs.check_sizes(request.base, request.overrides)
         specs.base_arguments(request.base)
         return specs.expand(request.app, request.base, list(request.overrides))
     except UserError as error:

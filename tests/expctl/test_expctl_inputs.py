@@ -32,3 +32,43 @@ def test_rich_markup_in_user_text_is_shown_literally(any_world: Env) -> None:
     assert jobs.get_job(world.engine, 1).status == "cancelled"
     # A path with markup in an error message stays literal too.
     assert_error_line(world.run("enqueue", "--file", "[/]missing.txt"), "'[/]missing.txt' not found")
+
+
+def test_out_of_range_inputs_are_one_line_errors_and_write_nothing(any_world: Env) -> None:
+    import time
+
+    world = any_world
+    huge = "1180591620717411303424"  # 2**70
+    started = time.monotonic()
+    assert_error_line(world.run("consume", "--gpus", "0-99999999"), "GPU index 99999999 is over 4095")
+    assert_error_line(world.run("consume", "--gpus", "1" * 5000), "is over 4095")
+    assert_error_line(world.run("consume", "--gpus", "0-40"), "more than 32 GPUs")
+    assert time.monotonic() - started < 10  # refused before any list is built
+    for arguments, fragments in [
+        (("enqueue", "config", "tag=p", *TESTAPP, "--priority", "99999999999999999999"), ("--priority must be",)),
+        (("enqueue", "config", "tag=p", *TESTAPP, "--priority", str(2**31)), ("--priority must be",)),
+        (("enqueue", "config", "tag=p", *TESTAPP, "--max-attempts", "0"), ("--max-attempts must be",)),
+        (("enqueue", "config", "tag=p", *TESTAPP, "--max-attempts", str(2**40)), ("--max-attempts must be",)),
+        (("enqueue", "config", "tag=p", *TESTAPP, "--name", "n" * 201), ("longer than 200",)),
+        (("enqueue", "config", "tag=" + "v" * 200_000, *TESTAPP), ("'tag' is 200,004 bytes long",)),
+        (("show", huge), (f"no job with id {huge}",)),
+        (("cancel", huge), (f"no job with id {huge}",)),
+        (("retry", huge), (f"no job with id {huge}",)),
+        (("logs", huge), (f"no job with id {huge}",)),
+        (("show", "--", "-" + huge), (f"no job with id -{huge}",)),
+        (("list", "--sweep", huge), (f"no sweep with id {huge}",)),
+        (("cancel", "--sweep", huge), (f"no sweep with id {huge}",)),
+        (("list", "--limit", "-1"), ("--limit must be",)),
+        (("list", "--limit", huge), ("--limit must be",)),
+    ]:
+        assert_error_line(world.run(*arguments), *fragments)
+    queue = world.root / "big.txt"
+    queue.write_text("config|tag=small\nconfig|tag=" + "é" * 60_000 + "\n")  # 120,000 bytes in UTF-8
+    assert_error_line(world.run("enqueue", "--file", str(queue), *TESTAPP), "line 2", "'tag' is 120,004 bytes")
+    assert jobs.list_jobs(world.engine) == []
+    # The bounds themselves are stored as given, on both databases.
+    world.run("enqueue", "config", "tag=top", *TESTAPP, "--priority", str(2**31 - 1), check=True)
+    world.run("enqueue", "config", "tag=bottom", *TESTAPP, "--priority", str(-2**31), check=True)
+    world.run("enqueue", "config", "tag=" + "v" * 99_996, *TESTAPP, check=True)  # exactly the limit
+    assert [(job.priority, len(job.overrides)) for job in jobs.list_jobs(world.engine)] == [
+        (2**31 - 1, 11), (-2**31, 14), (0, 100_004)]
