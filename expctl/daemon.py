@@ -310,9 +310,12 @@ class Daemon:
                 code = child.terminate(self.options.grace_s)
                 reason = f"daemon {self.worker_id} stopped ({jobs.describe_exit(code)})"
                 self._write_log(log_path, reason)
-                if self._guarded(lambda: jobs.requeue_own(self.engine, job, self.worker_id, reason)):
-                    logger.info("job %d: requeued", job.id)
-                    self._track_end(job, jobs.Outcome(jobs.QUEUED, reason), log_path)
+                outcome = self._guarded(lambda: jobs.requeue_own(self.engine, job, self.worker_id, reason))
+                if outcome is not None:
+                    logger.info("job %d: %s", job.id, "requeued" if outcome.status == jobs.QUEUED else outcome.reason)
+                    if outcome.status != jobs.QUEUED:
+                        self._write_log(log_path, outcome.reason)
+                    self._track_end(job, outcome, log_path)
                 return
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + beat_s

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import and_, bindparam, func, insert, select, text, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -311,7 +311,8 @@ def _claim_statement(skip_locked: bool) -> Any:
     pick = jobs.alias("pick")  # an alias, so the subquery is never correlated with the UPDATE
     candidate = (
         select(pick.c.id)
-        .where(pick.c.status == QUEUED, pick.c.not_before <= bindparam("claim_now"))
+        .where(pick.c.status == QUEUED, pick.c.not_before <= bindparam("claim_now"),
+               pick.c.cancel_requested.is_(False))
         .order_by(pick.c.priority.desc(), pick.c.id)
         .limit(1)
     )
@@ -319,12 +320,12 @@ def _claim_statement(skip_locked: bool) -> Any:
         candidate = candidate.with_for_update(skip_locked=True)
     return (
         update(jobs)
-        .where(jobs.c.id == candidate.scalar_subquery(), jobs.c.status == QUEUED)
+        .where(jobs.c.id == candidate.scalar_subquery(), jobs.c.status == QUEUED, jobs.c.cancel_requested.is_(False))
         .values(
             status=RUNNING, worker_id=bindparam("claim_worker"), gpus=bindparam("claim_gpus"),
             attempt=jobs.c.attempt + 1, lease_expires_at=bindparam("claim_lease_until"),
             started_at=bindparam("claim_now"), updated_at=bindparam("claim_now"),
-            cancel_requested=False, exit_code=None, end_reason=None,
+            exit_code=None, end_reason=None,  # never cancel_requested: only `expctl retry` clears a cancel
         )
         .returning(*jobs.c)
     )
@@ -410,6 +411,8 @@ def finish(
             outcome = Outcome(SUCCEEDED, "succeeded")
         elif returncode == EXIT_CODE_NEVER_RETRY:
             outcome = Outcome(FAILED, "failed: exit code 2 (bad configuration or data; not retried)")
+        elif current.cancel_requested:  # never back to the queue once a cancel is asked for
+            outcome = Outcome(CANCELLED, f"cancelled: {describe_exit(returncode)} while a cancel was pending")
         elif current.attempts_used < current.max_attempts:
             delay = backoff_s(current.attempts_used, backoff_base_s)
             outcome = Outcome(QUEUED, f"{describe_exit(returncode)}; retry in {delay:g} s", retry_in=delay)
@@ -429,47 +432,76 @@ def finish(
     return outcome
 
 
-def requeue_own(engine: Engine, job: Job, worker_id: str, reason: str) -> bool:
-    """Put our running job back (daemon stopping); the attempt is not charged. Fenced."""
+def requeue_own(engine: Engine, job: Job, worker_id: str, reason: str) -> Outcome | None:
+    """Put our running job back (daemon stopping); the attempt is not charged. Fenced.
+
+    A job whose cancel was requested ends ``cancelled`` instead: a cancel is never undone by a
+    stopping daemon. Returns the outcome, or None when the job was no longer ours.
+    """
     at = now()
     with engine.begin() as connection:
-        result = connection.execute(
-            update(jobs).where(_fence(job, worker_id)).values(
+        query = select(jobs).where(_fence(job, worker_id))
+        if _is_postgres(connection):
+            query = query.with_for_update()
+        row = connection.execute(query).one_or_none()
+        if row is None:
+            add_event(connection, job.id, "fenced", f"stale requeue ignored: {reason}",
+                      attempt=job.attempt, worker_id=worker_id, at=at)
+            outcome = None
+        elif Job.from_row(row).cancel_requested:
+            outcome = Outcome(CANCELLED, f"cancelled while running ({reason})")
+            connection.execute(update(jobs).where(_fence(job, worker_id)).values(
+                status=CANCELLED, end_reason=outcome.reason, finished_at=at, lease_expires_at=None, updated_at=at,
+            ))
+            add_event(connection, job.id, CANCELLED, outcome.reason, attempt=job.attempt, worker_id=worker_id, at=at)
+        else:
+            outcome = Outcome(QUEUED, reason)
+            connection.execute(update(jobs).where(_fence(job, worker_id)).values(
                 status=QUEUED, worker_id=None, lease_expires_at=None, not_before=at, updated_at=at,
                 attempts_base=jobs.c.attempts_base + 1,
-            )
-        )
-        won = result.rowcount == 1
-        add_event(connection, job.id, "requeued" if won else "fenced",
-                  f"{reason} (attempt not charged)" if won else f"stale requeue ignored: {reason}",
-                  attempt=job.attempt, worker_id=worker_id, at=at)
-        connection.execute(update(workers).where(workers.c.id == worker_id).values(current_job_id=None))
-        if won:
+            ))
+            add_event(connection, job.id, "requeued", f"{reason} (attempt not charged)",
+                      attempt=job.attempt, worker_id=worker_id, at=at)
             _notify(connection)
-    return won
+        connection.execute(update(workers).where(workers.c.id == worker_id).values(current_job_id=None))
+    return outcome
 
 
 def requeue_expired(engine: Engine, worker_id: str | None = None) -> list[tuple[Job, Outcome]]:
     """Put back running jobs whose lease expired (their daemon died); fail those out of attempts."""
     at = now()
     done: list[tuple[Job, Outcome]] = []
+    # Also queued jobs with a pending cancel (an older expctl requeued them so, and its claim cleared it):
+    # the claim skips them, so they are cancelled here.
+    stale = or_(and_(jobs.c.status == RUNNING, jobs.c.lease_expires_at < at),
+                and_(jobs.c.status == QUEUED, jobs.c.cancel_requested.is_(True)))
     with read_connection(engine) as connection:  # the usual case, nothing expired, takes no write lock
-        expired = connection.execute(
-            select(jobs.c.id).where(jobs.c.status == RUNNING, jobs.c.lease_expires_at < at).limit(1)
-        ).first()
+        expired = connection.execute(select(jobs.c.id).where(stale).limit(1)).first()
     if expired is None:
         return done
     with engine.begin() as connection:
-        query = select(jobs).where(jobs.c.status == RUNNING, jobs.c.lease_expires_at < at)
+        query = select(jobs).where(stale)
         if _is_postgres(connection):
             query = query.with_for_update(skip_locked=True)
         for row in connection.execute(query).all():
             job = Job.from_row(row)
             since = at - (job.lease_expires_at or at)
-            if job.attempts_used >= job.max_attempts:
+            if job.status == QUEUED:
+                reason = "cancelled before it ran again (a cancel was pending)"
+                if connection.execute(update(jobs).where(
+                        jobs.c.id == job.id, jobs.c.status == QUEUED, jobs.c.cancel_requested.is_(True)).values(
+                        status=CANCELLED, end_reason=reason, finished_at=at, updated_at=at)).rowcount == 1:
+                    add_event(connection, job.id, CANCELLED, reason, attempt=job.attempt, worker_id=worker_id, at=at)
+                    done.append((job, Outcome(CANCELLED, reason)))
+                continue
+            if job.cancel_requested:  # its daemon died before it could stop the child: cancel sticks
+                outcome = Outcome(CANCELLED, f"cancelled: worker {job.worker_id} stopped heartbeating "
+                                             f"(lease expired {since:.0f} s ago) while a cancel was pending")
+                values: dict[str, Any] = {"status": CANCELLED, "end_reason": outcome.reason, "finished_at": at}
+            elif job.attempts_used >= job.max_attempts:
                 outcome = Outcome(FAILED, f"lost: worker {job.worker_id} stopped heartbeating "
                                           f"(lease expired {since:.0f} s ago); no attempts left")
-                values: dict[str, Any] = {"status": FAILED, "end_reason": outcome.reason, "finished_at": at}
+                values = {"status": FAILED, "end_reason": outcome.reason, "finished_at": at}
             else:
                 outcome = Outcome(QUEUED, f"lost: worker {job.worker_id} stopped heartbeating "
                                           f"(lease expired {since:.0f} s ago); requeued")
@@ -477,7 +509,8 @@ def requeue_expired(engine: Engine, worker_id: str | None = None) -> list[tuple[
             values.update(lease_expires_at=None, updated_at=at)
             guard = and_(jobs.c.id == job.id, jobs.c.attempt == job.attempt, jobs.c.status == RUNNING)
             if connection.execute(update(jobs).where(guard).values(**values)).rowcount == 1:
-                add_event(connection, job.id, "lost", outcome.reason, attempt=job.attempt, worker_id=worker_id, at=at)
+                add_event(connection, job.id, CANCELLED if outcome.status == CANCELLED else "lost", outcome.reason,
+                          attempt=job.attempt, worker_id=worker_id, at=at)
                 if job.worker_id:
                     connection.execute(
                         update(workers).where(workers.c.id == job.worker_id, workers.c.status == RUNNING)
@@ -527,9 +560,12 @@ def stop_worker(engine: Engine, worker_id: str) -> None:
 # ---------------------------------------------------------------- user actions
 
 
-def _job_or_error(connection: Connection, job_id: int) -> Job:
+def _job_or_error(connection: Connection, job_id: int, lock: bool = False) -> Job:
     check_id(job_id)
-    row = connection.execute(select(jobs).where(jobs.c.id == job_id)).one_or_none()
+    query = select(jobs).where(jobs.c.id == job_id)
+    if lock and _is_postgres(connection):  # SQLite's BEGIN IMMEDIATE already serializes writers
+        query = query.with_for_update()
+    row = connection.execute(query).one_or_none()
     if row is None:
         raise UserError(f"no job with id {job_id}")
     return Job.from_row(row)
@@ -564,7 +600,8 @@ def _cancel_in(connection: Connection, job: Job, at: float) -> str:
 def cancel(engine: Engine, job_id: int) -> str:
     """Cancel a queued job now, or ask the daemon running it to stop it. Returns what happened."""
     with engine.begin() as connection:
-        job = _job_or_error(connection, job_id)
+        # locked, so that a daemon cannot requeue it between this read and the cancel's write
+        job = _job_or_error(connection, job_id, lock=True)
         if job.status not in ACTIVE_STATUSES:
             raise UserError(f"job {job_id} already {job.status}: nothing to cancel")
         return _cancel_in(connection, job, now())
@@ -576,9 +613,10 @@ def cancel_sweep(engine: Engine, sweep_id: int) -> dict[str, int]:
     with engine.begin() as connection:
         _check_sweep(connection, sweep_id)
         at = now()
-        rows = connection.execute(
-            select(jobs).where(jobs.c.sweep_id == sweep_id, jobs.c.status.in_(ACTIVE_STATUSES)).order_by(jobs.c.id)
-        ).all()
+        query = select(jobs).where(jobs.c.sweep_id == sweep_id, jobs.c.status.in_(ACTIVE_STATUSES)).order_by(jobs.c.id)
+        if _is_postgres(connection):
+            query = query.with_for_update()
+        rows = connection.execute(query).all()
         for row in rows:
             outcome = _cancel_in(connection, Job.from_row(row), at)
             counts[outcome] = counts.get(outcome, 0) + 1

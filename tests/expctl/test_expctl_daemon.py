@@ -227,3 +227,49 @@ def test_first_use_by_several_processes_migrates_once(tmp_path) -> None:  # noqa
     engine = db.create_engine(url)
     assert db.current_revision(engine) == db.SCHEMA_REVISION
     engine.dispose()
+
+
+def _stopped(pid: int) -> bool:
+    from pathlib import Path
+
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+@pytest.mark.parametrize("path", ["kill -9", "SIGTERM", "child fails"])
+def test_a_cancel_sticks_when_the_daemon_dies_stops_or_the_child_fails_first(any_world: Env, path: str) -> None:
+    """The daemon is frozen (SIGSTOP) so that it never sees the cancel; then it is killed, stopped, or its
+    child fails. Whichever way the job leaves the daemon, it ends cancelled and never runs again."""
+    world = any_world
+    [job] = fast_jobs(world, 1, sleep=60, sleep_on_resume=0)
+    daemon = world.daemon("--gpus", "none", "--lease", "2", "--grace", "2", "--backoff", "0.1", "--until-empty",
+                          name="first")
+    child_pid = int(wait_for(lambda: world.records(), 60, "the job to start")[0][3])
+    daemon.send_signal(signal.SIGSTOP)
+    wait_for(lambda: _stopped(daemon.pid), 10, "the daemon to freeze")
+    assert jobs.cancel(world.engine, job.id) == "cancel requested"
+    if path == "kill -9":
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(10)
+        wait_for(lambda: not pid_alive(child_pid), 15, "the orphaned child to die")
+        assert status(world, job.id) == "running"  # until its lease expires
+    elif path == "SIGTERM":
+        daemon.send_signal(signal.SIGTERM)
+        daemon.send_signal(signal.SIGCONT)
+        assert daemon.wait(30) == 0, world.daemon_logs()
+    else:
+        os.kill(child_pid, signal.SIGKILL)  # exit -9 would be retried after 0.1 s
+        wait_for(lambda: not pid_alive(child_pid), 15, "the child to die")
+        daemon.send_signal(signal.SIGCONT)
+        assert daemon.wait(30) == 0, world.daemon_logs()
+    rescuer = world.daemon("--gpus", "none", "--lease", "5", "--until-empty", "--backoff", "0.1", name="rescuer")
+    assert rescuer.wait(120) == 0, world.daemon_logs()
+    done = jobs.get_job(world.engine, job.id)
+    assert (done.status, done.attempt, done.cancel_requested) == ("cancelled", 1, True), world.daemon_logs()
+    assert done.end_reason.startswith("cancelled") and done.finished_at is not None
+    assert len(world.records()) == 1  # it never ran again
+    kinds = [event["kind"] for event in jobs.events(world.engine, job.id)]
+    assert kinds[-1] == "cancelled" and "requeued" not in kinds and "retry" not in kinds, kinds
+    # Only a user's retry runs it again.
+    world.run("retry", str(job.id), check=True)
+    assert world.daemon("--gpus", "none", "--until-empty", name="after-retry").wait(120) == 0
+    assert status(world, job.id) == "succeeded" and len(world.records()) == 2

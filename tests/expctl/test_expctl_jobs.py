@@ -81,7 +81,7 @@ def test_fencing_a_stale_worker_cannot_overwrite_the_next_attempt(engine) -> Non
     assert fresh.id == job.id and fresh.attempt == 2
     assert jobs.heartbeat(engine, stale, "old", 60).won is False
     assert jobs.finish(engine, stale, "old", 0) is None
-    assert jobs.requeue_own(engine, stale, "old", "stopping") is False
+    assert jobs.requeue_own(engine, stale, "old", "stopping") is None
     assert jobs.get_job(engine, job.id).status == "running"
     assert jobs.heartbeat(engine, fresh, "new", 60).won is True
     assert jobs.finish(engine, fresh, "new", 0).status == "succeeded"
@@ -157,8 +157,49 @@ def test_cancel_and_retry_single_and_sweep(engine) -> None:  # noqa: ANN001
 def test_requeue_own_does_not_charge_an_attempt(engine) -> None:  # noqa: ANN001
     [job] = jobs.enqueue(engine, [new_job(1, max_attempts=1)])
     claimed = jobs.claim(engine, "w", "", 60)
-    assert jobs.requeue_own(engine, claimed, "w", "daemon stopping") is True
+    assert jobs.requeue_own(engine, claimed, "w", "daemon stopping").status == "queued"
     claimed = jobs.claim(engine, "w2", "", 60)
     assert claimed.attempt == 2 and claimed.attempts_used == 1
     with engine.connect() as connection:
         assert connection.execute(select(jobs_table.c.status).where(jobs_table.c.id == job.id)).scalar() == "running"
+
+
+def test_a_cancel_survives_every_path_back_to_the_queue(engine) -> None:  # noqa: ANN001
+    """Reaper, a stopping daemon's requeue and a retry after a failed exit all end the job cancelled."""
+    reaped, stopped, retried, finished = jobs.enqueue(engine, [new_job(index) for index in range(4)])
+
+    def running_with_cancel(lease_s: float) -> jobs.Job:
+        job = jobs.claim(engine, "w", "", lease_s)
+        assert jobs.cancel(engine, job.id) == "cancel requested"
+        return job
+
+    job = running_with_cancel(-1.0)  # its daemon died before its next heartbeat: the lease is over
+    [(_job, outcome)] = jobs.requeue_expired(engine, "reaper")
+    assert (_job.id, outcome.status) == (reaped.id, "cancelled") and "cancel was pending" in outcome.reason
+    job = running_with_cancel(60)  # the daemon is stopped (SIGTERM) before it noticed the cancel
+    assert jobs.requeue_own(engine, job, "w", "daemon w stopped").status == "cancelled"
+    job = running_with_cancel(60)  # the child failed before the heartbeat noticed: no retry
+    outcome = jobs.finish(engine, job, "w", 1, backoff_base_s=0)
+    assert outcome.status == "cancelled" and outcome.reason == "cancelled: exit code 1 while a cancel was pending"
+    job = running_with_cancel(60)  # a child that finished anyway has succeeded
+    assert jobs.finish(engine, job, "w", 0).status == "succeeded"
+    assert jobs.claim(engine, "w", "", 60) is None  # nothing runs again
+    states = {job.id: (job.status, job.attempt) for job in jobs.list_jobs(engine)}
+    assert states == {reaped.id: ("cancelled", 1), stopped.id: ("cancelled", 1), retried.id: ("cancelled", 1),
+                      finished.id: ("succeeded", 1)}
+    jobs.retry(engine, stopped.id)  # only a user's retry queues it again, and it runs
+    again = jobs.claim(engine, "w", "", 60)
+    assert again.id == stopped.id and not again.cancel_requested
+    assert jobs.heartbeat(engine, again, "w", 60).cancel_requested is False
+
+
+def test_a_queued_job_with_a_pending_cancel_is_never_claimed(engine) -> None:  # noqa: ANN001
+    """Rows an older expctl requeued with their cancel pending: the claim skips them, the reaper cancels them."""
+    [job, other] = jobs.enqueue(engine, [new_job(1, priority=5), new_job(2)])
+    with engine.begin() as connection:
+        connection.execute(update(jobs_table).where(jobs_table.c.id == job.id).values(cancel_requested=True))
+    assert jobs.claim(engine, "w", "", 60).id == other.id
+    assert jobs.claim(engine, "w", "", 60) is None
+    [(_job, outcome)] = jobs.requeue_expired(engine, "reaper")
+    assert outcome.status == "cancelled" and jobs.get_job(engine, job.id).status == "cancelled"
+    assert jobs.get_job(engine, job.id).attempt == 0
