@@ -202,6 +202,55 @@ def _log_to_stderr() -> None:
 # ---------------------------------------------------------------- inspect
 
 
+def _workdir() -> Path:
+    """The daemon's folder as the inspecting commands see it: EXPCTL_WORKDIR, else here."""
+    import os
+
+    return Path(os.environ.get("EXPCTL_WORKDIR") or Path.cwd()).resolve()
+
+
+def _exp_dir(job: jobs.Job, job_dir: Path) -> str:
+    """Where the app writes: the frozen config's literal ``exp_dir`` (relative to the daemon's
+    folder), else the job's folder (``${hydra:runtime.output_dir}`` is the run dir the daemon sets)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(job.config_yaml)
+    except yaml.YAMLError:
+        config = None
+    value = config.get("exp_dir") if isinstance(config, dict) else None
+    if isinstance(value, str) and value and "${" not in value:
+        return str(_workdir() / value)
+    return str(job_dir)
+
+
+def _job_json(job: jobs.Job) -> dict:
+    """A job for scripts: every field a script may need, times as UTC epoch seconds."""
+    job_dir = _workdir() / "experiments" / str(job.id)
+    return {
+        "id": job.id, "name": job.name, "status": job.status, "reason": job.end_reason,
+        "app": job.app, "base": job.base, "overrides": job.override_list, "sweep": job.sweep_id,
+        "priority": job.priority, "attempt": job.attempts_used, "max_attempts": job.max_attempts,
+        "claims": job.attempt, "worker": job.worker_id, "gpus": job.gpus, "exit_code": job.exit_code,
+        "cancel_requested": bool(job.cancel_requested), "not_before": job.not_before,
+        "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+        "updated_at": job.updated_at, "config_hash": job.config_hash,
+        "job_dir": str(job_dir), "log": str(job_dir / "job.log"), "exp_dir": _exp_dir(job, job_dir),
+        "mlflow_run_id": job.tracking_run_id, "tracking_uri": job.tracking_uri,
+    }
+
+
+def _print_json(value: object) -> None:
+    """JSON on stdout, never through rich (no markup, no wrapping)."""
+    import json
+
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+_JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
+
+
 _STATUS_STYLE = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
 
 
@@ -210,9 +259,13 @@ def list_command(
     status: Optional[str] = typer.Option(None, "--status", help="queued, running, succeeded, failed, cancelled."),
     sweep: Optional[int] = typer.Option(None, "--sweep", help="Only this sweep's jobs."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the newest N jobs."),
+    as_json: bool = _JSON_OPTION,
 ) -> None:
     """List jobs."""
     found = jobs.list_jobs(state.engine(), status=status, sweep_id=sweep, limit=limit)
+    if as_json:
+        _print_json([_job_json(job) for job in found])
+        return
     table = Table(title=f"{len(found)} job(s)")
     for column in ("id", "status", "name", "attempt", "sweep", "prio", "worker", "updated", "reason"):
         table.add_column(column, overflow="fold")
@@ -226,11 +279,16 @@ def list_command(
 
 
 @app.command()
-def show(job_id: int = typer.Argument(..., help="Job id.")) -> None:
+def show(job_id: int = typer.Argument(..., help="Job id."), as_json: bool = _JSON_OPTION) -> None:
     """Show a job: spec, state, tracking run, frozen config and history."""
     engine = state.engine()
     job = jobs.get_job(engine, job_id)
     history = jobs.events(engine, job_id)
+    if as_json:
+        _print_json({**_job_json(job), "config_yaml": job.config_yaml,
+                     "events": [{key: event[key] for key in ("time", "kind", "attempt", "worker_id", "message")}
+                                for event in history]})
+        return
     details = Table(show_header=False, title=f"job {job.id}")
     details.add_column("field", style="bold")
     details.add_column("value", overflow="fold")
@@ -269,10 +327,7 @@ def show(job_id: int = typer.Argument(..., help="Job id.")) -> None:
 
 
 def _log_path(job: jobs.Job) -> Path:
-    import os
-
-    workdir = Path(os.environ.get("EXPCTL_WORKDIR") or Path.cwd())
-    return workdir / "experiments" / str(job.id) / "job.log"
+    return _workdir() / "experiments" / str(job.id) / "job.log"
 
 
 def _write_bytes(chunk: bytes) -> None:
@@ -382,11 +437,18 @@ def retry(
 
 
 @app.command()
-def workers(all_workers: bool = typer.Option(False, "--all", help="Include stopped daemons.")) -> None:
+def workers(all_workers: bool = typer.Option(False, "--all", help="Include stopped daemons."),
+            as_json: bool = _JSON_OPTION) -> None:
     """List consumer daemons."""
     found = jobs.list_workers(state.engine(), include_stopped=True)
     if not all_workers:
         found = [worker for worker in found if worker["status"] != "stopped"]
+    if as_json:
+        _print_json([{"id": worker["id"], "status": worker["status"], "host": worker["host"], "pid": worker["pid"],
+                      "gpus": worker["gpus"], "job": worker["current_job_id"], "started_at": worker["started_at"],
+                      "heartbeat_at": worker["heartbeat_at"], "stopped_at": worker["stopped_at"]}
+                     for worker in found])
+        return
     table = Table(title=f"{len(found)} worker(s)")
     for column in ("worker", "status", "host", "pid", "GPUs", "job", "started", "last heartbeat"):
         table.add_column(column, overflow="fold")
