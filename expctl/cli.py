@@ -172,17 +172,21 @@ def consume(
     grace: float = typer.Option(10.0, "--grace", help="Seconds between SIGTERM and SIGKILL when stopping a job."),
     backoff: float = typer.Option(jobs.DEFAULT_BACKOFF_S, "--backoff", envvar="EXPCTL_BACKOFF",
                                   help="Base seconds of the exponential backoff before a retry."),
+    apps: str = typer.Option(specs.DEFAULT_APP, "--apps", envvar="EXPCTL_APPS",
+                             help="Comma-separated apps (python -m modules) this daemon runs; jobs of "
+                                  "other apps stay queued, with the reason."),
 ) -> None:
     """Run queued jobs one at a time on the given GPUs (the daemon)."""
     from expctl.daemon import Daemon, DaemonOptions
     from expctl.gpus import parse_gpu_spec
 
+    trusted = tuple(dict.fromkeys(specs.validate_app(app.strip()) for app in apps.split(",") if app.strip()))
     indices = parse_gpu_spec(gpus)
     folder = (workdir or Path.cwd()).resolve()
     if not folder.is_dir():
         raise UserError(f"--workdir {str(folder)!r} is not a folder")
     options = DaemonOptions(gpus=indices, until_empty=until_empty, once=once, lease_s=lease, poll_s=poll,
-                            drain=drain, workdir=folder, grace_s=grace, backoff_s=backoff)
+                            drain=drain, workdir=folder, grace_s=grace, backoff_s=backoff, apps=trusted)
     _log_to_stderr()
     daemon = Daemon(state.engine(), options, _tracker())
     raise typer.Exit(daemon.run())

@@ -50,6 +50,9 @@ class DaemonOptions:
     workdir: Path = field(default_factory=Path.cwd)
     grace_s: float = 10.0
     backoff_s: float = jobs.DEFAULT_BACKOFF_S
+    # The apps (python -m modules) this daemon runs: anyone who can write to the queue names the
+    # module, so a daemon must not run every installed module on its GPUs.
+    apps: tuple[str, ...] = ("asr.train",)
 
     def validate(self) -> None:
         """Refuse nonsense values."""
@@ -61,6 +64,8 @@ class DaemonOptions:
             raise UserError(f"--poll must be between 0.001 and 60 seconds, not {self.poll_s:g}")
         if self.grace_s < 0 or self.backoff_s < 0:
             raise UserError("--grace and --backoff must not be negative")
+        if not self.apps:
+            raise UserError("--apps names no app: give e.g. --apps asr.train")
 
 
 class ChangeWatcher:
@@ -182,7 +187,8 @@ class Daemon:
         watcher: ChangeWatcher | None = None
         try:
             jobs.register_worker(self.engine, self.worker_id, self.host, os.getpid(), self.gpu_text or "none")
-            logger.info("worker %s started (GPUs %s)", self.worker_id, self.gpu_text or "none")
+            logger.info("worker %s started (GPUs %s, apps %s)", self.worker_id, self.gpu_text or "none",
+                    ",".join(self.options.apps))
             watcher = ChangeWatcher(self.engine)
             try_claim = True
             last_claim_try = 0.0
@@ -198,8 +204,10 @@ class Daemon:
                         if self.options.once:
                             break
                         continue
-                    if self.options.until_empty and not jobs.has_unfinished(self.engine):
-                        logger.info("queue empty: exiting")
+                    if self.options.until_empty and not jobs.has_unfinished(self.engine, self.options.apps):
+                        self._mark_untrusted()
+                        logger.info("queue empty: exiting%s", " (jobs of untrusted apps left queued)"
+                                    if jobs.has_unfinished(self.engine) else "")
                         break
                 try_claim = watcher.wait(self.options.poll_s, lambda: self.stopping)
         finally:
@@ -218,7 +226,7 @@ class Daemon:
 
     def _claim(self) -> jobs.Job | None:
         try:
-            return jobs.claim(self.engine, self.worker_id, self.gpu_text, self.options.lease_s)
+            return jobs.claim(self.engine, self.worker_id, self.gpu_text, self.options.lease_s, self.options.apps)
         except SQLAlchemyError as error:
             logger.warning("claim failed (will retry): %s", _first_line(error))
             return None
@@ -233,6 +241,7 @@ class Daemon:
                     self._track_end(job, outcome, self.job_dir(job) / "job.log")
             except SQLAlchemyError as error:
                 logger.warning("requeueing expired jobs failed: %s", _first_line(error))
+            self._mark_untrusted()
         if self.tracker.unsynced and current >= self._next_tracking_sync:
             self._next_tracking_sync = current + TRACKING_SYNC_S
             self._sync_tracking()
@@ -242,6 +251,15 @@ class Daemon:
                 jobs.touch_worker(self.engine, self.worker_id)
             except SQLAlchemyError as error:
                 logger.warning("worker heartbeat failed: %s", _first_line(error))
+
+    def _mark_untrusted(self) -> None:
+        """Say (once per job) why queued jobs of apps this daemon does not trust are not started."""
+        try:
+            for job_id, app in jobs.mark_untrusted(self.engine, self.worker_id, self.options.apps):
+                logger.warning("job %d: not started: app %r is not in --apps %s", job_id, app,
+                               ",".join(self.options.apps))
+        except SQLAlchemyError as error:
+            logger.warning("marking jobs of untrusted apps failed: %s", _first_line(error))
 
     # -------------------------------------------------------------- one job
 

@@ -306,7 +306,7 @@ def set_tracking(engine: Engine, job_id: int, run_id: str | None, uri: str | Non
 # ---------------------------------------------------------------- the daemon's side
 
 
-def _claim_statement(skip_locked: bool) -> Any:
+def _claim_statement(skip_locked: bool, filter_apps: bool) -> Any:
     """UPDATE ... WHERE id = (best claimable job) RETURNING *, built once (bound parameters)."""
     pick = jobs.alias("pick")  # an alias, so the subquery is never correlated with the UPDATE
     candidate = (
@@ -316,6 +316,8 @@ def _claim_statement(skip_locked: bool) -> Any:
         .order_by(pick.c.priority.desc(), pick.c.id)
         .limit(1)
     )
+    if filter_apps:  # a daemon runs only the apps it trusts (``expctl consume --apps``)
+        candidate = candidate.where(pick.c.app.in_(bindparam("claim_apps", expanding=True)))
     if skip_locked:
         candidate = candidate.with_for_update(skip_locked=True)
     return (
@@ -331,15 +333,19 @@ def _claim_statement(skip_locked: bool) -> Any:
     )
 
 
-_CLAIM = {False: _claim_statement(False), True: _claim_statement(True)}
-def claim(engine: Engine, worker_id: str, gpus: str, lease_s: float) -> Job | None:
-    """Atomically take the best claimable job (priority, then age), or None."""
+_CLAIM = {(locked, filtered): _claim_statement(locked, filtered) for locked in (False, True) for filtered in (False, True)}
+
+
+def claim(engine: Engine, worker_id: str, gpus: str, lease_s: float,
+          apps: Sequence[str] | None = None) -> Job | None:
+    """Atomically take the best claimable job (priority, then age) of one of ``apps`` (None: any app), or None."""
     at = now()
+    parameters: dict[str, Any] = {"claim_now": at, "claim_worker": worker_id, "claim_gpus": gpus,
+                                  "claim_lease_until": at + lease_s}
+    if apps is not None:
+        parameters["claim_apps"] = list(apps)
     with engine.begin() as connection:
-        row = connection.execute(
-            _CLAIM[_is_postgres(connection)],
-            {"claim_now": at, "claim_worker": worker_id, "claim_gpus": gpus, "claim_lease_until": at + lease_s},
-        ).one_or_none()
+        row = connection.execute(_CLAIM[(_is_postgres(connection), apps is not None)], parameters).one_or_none()
         if row is None:
             return None
         job = Job.from_row(row)
@@ -723,12 +729,35 @@ def counts_by_status(engine: Engine) -> dict[str, int]:
     return {status: count for status, count in rows}
 
 
-def has_unfinished(engine: Engine) -> bool:
-    """Whether any job is queued or running (``--until-empty`` waits for both)."""
+def has_unfinished(engine: Engine, apps: Sequence[str] | None = None) -> bool:
+    """Whether any job (of ``apps``; None: any app) is queued or running (``--until-empty`` waits for both)."""
+    query = select(jobs.c.id).where(jobs.c.status.in_(ACTIVE_STATUSES))
+    if apps is not None:
+        query = query.where(jobs.c.app.in_(list(apps)))
     with read_connection(engine) as connection:
-        return connection.execute(
-            select(jobs.c.id).where(jobs.c.status.in_(ACTIVE_STATUSES)).limit(1)
-        ).first() is not None
+        return connection.execute(query.limit(1)).first() is not None
+
+
+def mark_untrusted(engine: Engine, worker_id: str, apps: Sequence[str], limit: int = 500) -> list[tuple[int, str]]:
+    """Give queued jobs of apps outside ``apps`` a reason (once), so that ``list``/``show`` say why they
+    wait. They stay queued: a daemon that trusts their app may run them, or a user cancels them."""
+    waiting = and_(jobs.c.status == QUEUED, jobs.c.app.not_in(list(apps)), jobs.c.end_reason.is_(None))
+    with read_connection(engine) as connection:  # the usual case, nothing to mark, takes no write lock
+        found = connection.execute(select(jobs.c.id, jobs.c.app).where(waiting).order_by(jobs.c.id).limit(limit)).all()
+    marked: list[tuple[int, str]] = []
+    if not found:
+        return marked
+    at = now()
+    trusted = ",".join(apps)
+    with engine.begin() as connection:
+        for job_id, app in found:
+            reason = (f"not started: app {app!r} is not trusted by worker {worker_id} (--apps {trusted}); "
+                      f"a daemon started with --apps {app} runs it")
+            if connection.execute(update(jobs).where(jobs.c.id == job_id, waiting).values(
+                    end_reason=reason, updated_at=at)).rowcount == 1:
+                add_event(connection, job_id, "untrusted", reason, worker_id=worker_id, at=at)
+                marked.append((job_id, app))
+    return marked
 
 
 def next_wake(engine: Engine) -> float | None:

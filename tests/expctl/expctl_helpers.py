@@ -14,6 +14,8 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = REPO / "tests" / "apps"
+# A daemon runs only the apps it trusts (default: asr.train): test daemons trust the test apps.
+TEST_APPS = ("--apps", "expctl_fastapp,expctl_testapp")
 if str(REPO) not in sys.path:  # expctl importable even before the editable install knows it
     sys.path.insert(0, str(REPO))
 
@@ -81,10 +83,12 @@ class Env:
         return result
 
     def daemon(self, *args: str, name: str | None = None) -> subprocess.Popen:
-        """Start ``expctl consume ARGS`` in the background (killed at teardown if still running)."""
+        """Start ``expctl consume ARGS`` in the background (killed at teardown if still running); it
+        trusts the test apps (``TEST_APPS``) unless ARGS name ``--apps``."""
         log = open(self.root / f"daemon-{name or len(self.daemons)}.log", "ab")
+        trust = () if "--apps" in args else TEST_APPS
         process = subprocess.Popen(
-            [sys.executable, "-m", "expctl", "consume", *args], cwd=self.root, env=self.vars,
+            [sys.executable, "-m", "expctl", "consume", *trust, *args], cwd=self.root, env=self.vars,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         log.close()

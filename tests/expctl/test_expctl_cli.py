@@ -114,7 +114,7 @@ def test_db_upgrade_and_workers_and_logs(world: Env) -> None:
     assert "revision 0001_initial" in world.run("db", "upgrade", check=True).stdout
     assert "0 worker(s)" in world.run("workers", check=True).stdout
     world.run("enqueue", "config", "tag=logged", *TESTAPP, check=True)
-    assert world.cli("consume", "--gpus", "none", "--once", check=True).returncode == 0
+    assert world.cli("consume", "--gpus", "none", "--once", "--apps", "expctl_testapp", check=True).returncode == 0
     assert "testapp: job 1 attempt 1" in world.run("logs", "1", check=True).stdout
     assert "testapp: job 1 attempt 1" in world.run("logs", "1", "-f", check=True).stdout
     assert "stopped" in world.run("workers", "--all", check=True).stdout

@@ -13,6 +13,7 @@ from expctl import jobs, specs
 from expctl.tracking import Tracker
 
 from expctl_helpers import Env, pid_alive, wait_for
+from test_expctl_cli import assert_error_line
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -199,7 +200,8 @@ def test_a_failing_tracker_never_stops_the_queue(world: Env, caplog: pytest.LogC
     monkeypatch.setenv("EXPCTL_LOCK_DIR", str(world.root / "locks"))
     monkeypatch.setenv("PYTHONPATH", world.vars["PYTHONPATH"])
     with caplog.at_level("WARNING", logger="expctl"):
-        daemon = Daemon(world.engine, DaemonOptions(until_empty=True, workdir=world.root, poll_s=0.02),
+        daemon = Daemon(world.engine, DaemonOptions(until_empty=True, workdir=world.root, poll_s=0.02,
+                                                    apps=("expctl_fastapp",)),
                         SafeTracker(BrokenTracker()))
         assert daemon.run() == 0
     assert {job.status for job in jobs.list_jobs(world.engine)} == {"succeeded"}
@@ -273,3 +275,29 @@ def test_a_cancel_sticks_when_the_daemon_dies_stops_or_the_child_fails_first(any
     world.run("retry", str(job.id), check=True)
     assert world.daemon("--gpus", "none", "--until-empty", name="after-retry").wait(120) == 0
     assert status(world, job.id) == "succeeded" and len(world.records()) == 2
+
+
+def test_a_daemon_runs_only_the_apps_it_trusts(any_world: Env) -> None:
+    """A job naming an app outside ``--apps`` is never started; it stays queued and list/show say why."""
+    world = any_world
+    [trusted] = fast_jobs(world, 1)
+    untrusted = test_app_job(world, "tag=untrusted")
+    # The daemon's default trusts only asr.train: neither test app runs.
+    default = world.cli("consume", "--gpus", "none", "--until-empty", timeout=120)
+    assert default.returncode == 0 and "not in --apps asr.train" in default.stderr, default.stderr
+    assert world.records() == [] and status(world, trusted.id) == "queued"
+    daemon = world.daemon("--gpus", "none", "--until-empty", "--apps", "expctl_fastapp", name="fast-only")
+    assert daemon.wait(120) == 0, world.daemon_logs()
+    assert [int(fields[0]) for fields in world.records()] == [trusted.id]
+    waiting = jobs.get_job(world.engine, untrusted)
+    assert (waiting.status, waiting.attempt, waiting.started_at) == ("queued", 0, None)
+    assert waiting.end_reason.startswith("not started: app 'expctl_testapp' is not trusted by worker")
+    assert "untrusted" in [event["kind"] for event in jobs.events(world.engine, untrusted)]
+    world.vars["COLUMNS"] = "400"
+    assert "not started: app 'expctl_testapp' is not trusted" in world.cli("list", check=True).stdout
+    assert "not started: app 'expctl_testapp'" in world.cli("show", str(untrusted), check=True).stdout
+    # A daemon that trusts it runs it (the reason is gone once claimed).
+    assert world.daemon("--gpus", "none", "--until-empty", "--apps", "expctl_testapp", name="t").wait(120) == 0
+    done = jobs.get_job(world.engine, untrusted)
+    assert (done.status, done.end_reason) == ("succeeded", "succeeded")
+    assert_error_line(world.cli("consume", "--gpus", "none", "--apps", "os;rm"), "bad --app")
