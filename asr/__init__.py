@@ -14,7 +14,11 @@ if TYPE_CHECKING:
 
 
 def load_model(path_or_name: str, **options: Any) -> "Pipeline":
-    """Load a model bundle (``.bin``) and return a ready-to-use :class:`asr.pipeline.Pipeline`."""
+    """A ready-to-use :class:`asr.pipeline.Pipeline` from a model name or a bundle path (``.bin``).
+
+    A name such as ``"en"`` is looked for in the package (``asr/pretrained/``), then in
+    ``~/.cache/asr/models``, then in ``$ASR_MODELS_DIR``; ``asr models list`` shows what is installed.
+    """
     from asr.pipeline import load_model as _load_model
 
     return _load_model(path_or_name, **options)

@@ -16,9 +16,14 @@ app = typer.Typer(help="Speech recognition on Keras.", no_args_is_help=True, add
 data_app = typer.Typer(help="Corpora: synthesise or import, write manifests.", no_args_is_help=True)
 import_app = typer.Typer(help="Turn a corpus folder into JSON-lines manifests.", no_args_is_help=True)
 lm_app = typer.Typer(help="N-gram language models for beam search.", no_args_is_help=True)
+models_app = typer.Typer(help="Models by name: shipped in the package, in ~/.cache/asr/models or $ASR_MODELS_DIR.",
+                         no_args_is_help=True)
 app.add_typer(data_app, name="data")
 data_app.add_typer(import_app, name="import")
 app.add_typer(lm_app, name="lm")
+app.add_typer(models_app, name="models")
+
+MODEL_HELP = "Model name (en; see asr models list) or bundle path (.bin)."
 
 Result = TypeVar("Result")
 
@@ -104,7 +109,7 @@ def lm_tune(
 @app.command("transcribe")
 def transcribe(
     files: List[Path] = typer.Argument(..., help="Audio files."),
-    model: str = typer.Option(..., help="Model bundle (.bin)."),
+    model: str = typer.Option(..., help=MODEL_HELP),
     decoder: Optional[str] = typer.Option(None, help="greedy, beam or beam_lm (default: the bundle's)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file."),
 ) -> None:
@@ -116,7 +121,7 @@ def transcribe(
 
 @app.command("evaluate")
 def evaluate(
-    model: str = typer.Option(..., help="Model bundle (.bin)."),
+    model: str = typer.Option(..., help=MODEL_HELP),
     manifest: Path = typer.Option(..., help="Manifest with reference transcripts."),
     decoder: Optional[str] = typer.Option(None, help="greedy, beam or beam_lm (default: the bundle's)."),
     report: Optional[Path] = typer.Option(None, help="Write a JSON report here."),
@@ -126,6 +131,16 @@ def evaluate(
     from asr import evaluate as evaluate_module
 
     _run(lambda: evaluate_module.main(model=model, manifest=manifest, decoder=decoder, report=report, worst=worst))
+
+
+@models_app.command("list")
+def models_list(
+    as_json: bool = typer.Option(False, "--json", help="One JSON document: the folders searched and the models."),
+) -> None:
+    """Installed models: name, where, size, parameters, test WER/CER and decoder from each bundle's metadata."""
+    from asr import models_registry
+
+    _run(lambda: models_registry.list_main(as_json=as_json))
 
 
 def main() -> None:

@@ -99,6 +99,7 @@ class TrainerConfig:
     time_limit_minutes: Optional[float] = None  # wall time of the whole run (resumed runs add up); cuts the last epoch short
     intra_op_threads: Optional[int] = None  # TensorFlow threads per op; None: 1 without a GPU, else TF's default
     inter_op_threads: Optional[int] = None  # ops run side by side; None or 0: TF's default (one per core)
+    init_from: Optional[str] = None  # a model name (asr models list) or a bundle path: its weights start the run
 
 
 @dataclass

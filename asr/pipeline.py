@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,12 +15,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from asr.configuration import Configuration
-from asr.errors import UserError
+from asr.models_registry import MODELS_DIR_VARIABLE, resolve_model_path, search_paths  # noqa: F401  (the one resolver)
 from asr.text import Alphabet
 
 logger = logging.getLogger(__name__)
-
-MODELS_DIR_VARIABLE = "ASR_MODELS_DIR"
 
 
 def _as_configuration(value: Any) -> Configuration:
@@ -46,14 +43,18 @@ class Pipeline:
 
     @classmethod
     def from_configuration(cls, configuration: Any) -> "Pipeline":
-        """A pipeline with a new, untrained model built from ``configuration`` (then call ``train()``)."""
+        """A pipeline with a model built from ``configuration`` (then call ``train()``): new, or starting
+        from the weights of the bundle named by ``trainer.init_from``."""
         from asr.models import build_model
-        from asr.training import load_alphabet
+        from asr.training import initialise_from_pretrained, load_alphabet
 
         configuration = _as_configuration(configuration)
         alphabet = load_alphabet(configuration.config)
         model = build_model(configuration.model, configuration.features.num_features, len(alphabet) + 1)
-        return cls(model, configuration, alphabet, metadata={"model": {"name": configuration.model.name}})
+        metadata: dict[str, Any] = {"model": {"name": configuration.model.name}}
+        if configuration.trainer.init_from:
+            metadata["init_from"] = str(initialise_from_pretrained(model, configuration.config, alphabet).path)
+        return cls(model, configuration, alphabet, metadata=metadata)
 
     @property
     def configuration(self) -> Configuration:
@@ -102,15 +103,25 @@ class Pipeline:
 
     # ----- training and saving -------------------------------------------------------------
     def train(self, callbacks: Sequence[Any] = ()) -> dict:
-        """Tune the current weights on ``self.configuration``'s data; returns the training summary."""
+        """Tune the current weights on ``self.configuration``'s data; returns the training summary.
+
+        The pipeline's model is the starting point (unless ``exp_dir`` holds a checkpoint to resume);
+        ``trainer.init_from`` only applies when a model is built from the configuration.
+        """
+        from asr.models_registry import check_same_alphabet
         from asr.training import train
 
-        model_config = self.configuration.model
+        config = self.configuration.config
         built_with = self.metadata.get("model", {}).get("name")
-        if built_with and built_with != model_config.name:
+        if built_with and built_with != config.model.name:
             logger.warning("configuration names model %s but the loaded model is %s: tuning the loaded one",
-                           model_config.name, built_with)
-        result = train(self.configuration.config, model=self.model, alphabet=self.alphabet, callbacks=callbacks)
+                           config.model.name, built_with)
+        if config.data.alphabet:  # the labels must be the model's outputs
+            check_same_alphabet(self.alphabet, "the pipeline's model", Alphabet.from_file(config.data.alphabet),
+                                f"the configuration (data.alphabet={config.data.alphabet})")
+        if config.trainer.init_from and not self.metadata.get("init_from"):
+            logger.info("trainer.init_from=%s not loaded: tuning the pipeline's own weights", config.trainer.init_from)
+        result = train(config, model=self.model, alphabet=self.alphabet, callbacks=callbacks)
         self.model = result.model
         self.metadata.setdefault("metrics", {}).update({"best_val_loss": result.summary()["best_val_loss"]})
         return result.summary()
@@ -128,32 +139,9 @@ class Pipeline:
                 f"language_model={self.language_model})")
 
 
-def search_paths(name: str) -> list[Path]:
-    """Where a bare model name is looked for: ``~/.cache/asr/models`` then ``$ASR_MODELS_DIR``."""
-    filename = name if name.endswith(".bin") else f"{name}.bin"
-    folders = [Path.home() / ".cache" / "asr" / "models"]
-    if os.environ.get(MODELS_DIR_VARIABLE):
-        folders.append(Path(os.environ[MODELS_DIR_VARIABLE]))
-    return [folder / filename for folder in folders]
-
-
-def resolve_model_path(path_or_name: str | Path) -> Path:
-    path = Path(path_or_name).expanduser()
-    if path.exists() or len(path.parts) > 1:
-        if not path.is_file():
-            raise UserError(f"model bundle not found: {path}")
-        return path
-    candidates = search_paths(str(path_or_name))
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise UserError(f"no model named {str(path_or_name)!r}; looked in " + ", ".join(map(str, candidates))
-                    + (f" (set {MODELS_DIR_VARIABLE} to add a folder)" if not os.environ.get(MODELS_DIR_VARIABLE)
-                       else ""))
-
-
 def load_model(path_or_name: str | Path) -> Pipeline:
-    """A :class:`Pipeline` from a bundle path, or a bare name in the model folders."""
+    """A :class:`Pipeline` from a model name (``en``: the package, ``~/.cache/asr/models``, ``$ASR_MODELS_DIR``)
+    or a bundle path; see :mod:`asr.models_registry`."""
     from asr.bundle import load_bundle
 
     bundle = load_bundle(resolve_model_path(path_or_name))

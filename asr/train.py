@@ -46,12 +46,19 @@ def evaluate_split(model: Any, manifest: str, config: DictConfig, alphabet: Any)
 
 
 def check_files(config: DictConfig) -> None:
-    """Fail before TensorFlow starts when a manifest or the alphabet file is missing."""
+    """Fail before TensorFlow starts when a manifest or the alphabet file is missing, or ``trainer.init_from``
+    names a bundle that is missing or has another alphabet or other features."""
     for key in ("train_manifest", "dev_manifest", "test_manifest", "alphabet"):
         value = config.data.get(key)
         if value and not Path(value).is_file():
             kind = "alphabet file" if key == "alphabet" else "manifest"
             raise UserError(f"data.{key}: {kind} not found: {value}")
+    # a run that will resume never loads init_from (the Trainer decides for sure; this skips the early check)
+    may_resume = config.trainer.resume and Path(config.exp_dir, "checkpoints", "checkpoint").is_file()
+    if config.trainer.get("init_from") and not may_resume:
+        from asr.models_registry import check_init_from
+
+        check_init_from(config)
 
 
 def run(config: DictConfig, callbacks: Sequence[Any] = ()) -> dict:

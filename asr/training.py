@@ -94,16 +94,80 @@ class TrainingResult:
     best_val_loss: float = math.inf
     stopped_early: bool = False
     train_seconds: float = 0.0
+    init_from: str | None = None  # the bundle whose weights this run started from (None when resumed or fresh)
 
     def summary(self) -> dict:
-        return {"epochs_run": self.epochs_run, "epochs_this_run": self.epochs_this_run,
-                "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
-                "stopped_early": self.stopped_early, "train_seconds": round(self.train_seconds, 2),
-                "history": self.history}
+        summary = {"epochs_run": self.epochs_run, "epochs_this_run": self.epochs_this_run,
+                   "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
+                   "stopped_early": self.stopped_early, "train_seconds": round(self.train_seconds, 2),
+                   "history": self.history}
+        if self.init_from:
+            summary["init_from"] = self.init_from
+        return summary
 
 
 def load_alphabet(config: DictConfig) -> Alphabet:
     return Alphabet.from_file(config.data.alphabet) if config.data.alphabet else Alphabet.default()
+
+
+def _weight_name(variable: Any) -> str:
+    return str(getattr(variable, "path", None) or variable.name)
+
+
+def check_weights_fit(source: keras.Model, source_label: str, target: keras.Model, target_label: str) -> None:
+    """``target.set_weights(source.get_weights())`` would fit: as many weight arrays, of the same shapes."""
+    if len(source.weights) != len(target.weights):
+        detail = f"{len(source.weights)} weight arrays there, {len(target.weights)} here"
+    else:
+        mismatches = [(index, theirs, ours) for index, (theirs, ours) in enumerate(zip(source.weights, target.weights))
+                      if tuple(theirs.shape) != tuple(ours.shape)]
+        if not mismatches:
+            return
+        index, theirs, ours = mismatches[0]
+        detail = (f"weight {index} ({_weight_name(ours)}) has shape {tuple(theirs.shape)} there, "
+                  f"{tuple(ours.shape)} here")
+
+    def describe(model: keras.Model) -> str:
+        return f"{model.name} with {model.count_params():,} parameters"
+
+    raise UserError(f"{source_label} does not fit {target_label}: {detail} (there: {describe(source)}; here: "
+                    f"{describe(target)}); build the same architecture (the model settings in the bundle's "
+                    f"configuration.yaml) or leave trainer.init_from unset")
+
+
+@dataclass
+class Pretrained:
+    """The bundle named by ``trainer.init_from``, checked against the configuration."""
+
+    init_from: str
+    path: Path
+    model: keras.Model
+
+    @property
+    def label(self) -> str:
+        return f"trainer.init_from={self.init_from!r} ({self.path})"
+
+
+def load_pretrained(config: DictConfig, alphabet: Alphabet) -> Pretrained:
+    """Resolve and load ``trainer.init_from``; its alphabet and features must be the configuration's."""
+    from asr.bundle import load_bundle
+    from asr.models_registry import check_init_from
+
+    path = check_init_from(config, alphabet)
+    try:
+        bundle = load_bundle(path)
+    except UserError as error:
+        raise UserError(f"trainer.init_from={config.trainer.init_from!r}: {error}") from None
+    return Pretrained(str(config.trainer.init_from), path, bundle.model)
+
+
+def initialise_from_pretrained(model: keras.Model, config: DictConfig, alphabet: Alphabet) -> Pretrained:
+    """Copy ``trainer.init_from``'s weights (BatchNorm statistics included) into ``model``, built from ``config``."""
+    pretrained = load_pretrained(config, alphabet)
+    check_weights_fit(pretrained.model, pretrained.label, model, "the configured model")
+    model.set_weights(pretrained.model.get_weights())
+    logger.info("initial weights from %s", pretrained.label)
+    return pretrained
 
 
 class CachedFeatures:
@@ -241,11 +305,31 @@ class Trainer:
             scheduled_learning_rate=self.scheduled_learning_rate, elapsed_seconds=self.elapsed_seconds)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.checkpoint_dir), max_to_keep=2)
 
-    def _restore(self) -> None:
-        metrics_path = self.exp_dir / METRICS_FILE
+    def _checkpoint_to_resume(self) -> str | None:
+        """The checkpoint this run continues from, or None for a fresh start."""
         # every worker restores the chief's checkpoint (non-chiefs save to scratch folders)
         latest = tf.train.latest_checkpoint(str(self.exp_dir / CHECKPOINT_DIR))
-        if not (self.config.trainer.resume and latest):
+        return latest if self.config.trainer.resume and latest else None
+
+    def _pretrained(self) -> Pretrained | None:
+        """``trainer.init_from``, checked before any data is read; None when the run resumes or has a model."""
+        init_from = self.config.trainer.get("init_from")
+        if not init_from or self._initial_model is not None:
+            return None  # a model handed in (Pipeline.train) is its own starting point
+        if self._checkpoint_to_resume():
+            logger.info("resuming: trainer.init_from=%s is not loaded again", init_from)
+            return None
+        pretrained = load_pretrained(self.config, self.alphabet)
+        # the architecture check needs a model: a throwaway one, so a mismatch is reported before the data loads
+        probe = models.build_model(self.config.model, int(self.config.features.num_features), len(self.alphabet) + 1)
+        check_weights_fit(pretrained.model, pretrained.label, probe, "the configured model")
+        del probe
+        return pretrained
+
+    def _restore(self) -> None:
+        metrics_path = self.exp_dir / METRICS_FILE
+        latest = self._checkpoint_to_resume()
+        if latest is None:
             if self.chief and metrics_path.exists():
                 metrics_path.unlink()  # a fresh start: the old run's metrics no longer apply
             return
@@ -444,9 +528,13 @@ class Trainer:
         if trainer.get("time_limit_minutes") and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # each worker would read its own clock and stop (or set its rate) at a different step
             raise UserError("trainer.time_limit_minutes does not work with several workers: set trainer.epochs")
+        pretrained = self._pretrained()
         self._load_data()
         self._build()
         self._restore()
+        if pretrained is not None:  # resuming never gets here: the checkpoint holds the run's own weights
+            self.model.set_weights(pretrained.model.get_weights())
+            logger.info("initial weights from %s", pretrained.label)
         self._elapsed_before, self._validation_reserve = float(self.elapsed_seconds.numpy()), 0.0
         self._total_steps = int(trainer.epochs) * math.ceil(len(self.train_data.examples) / int(trainer.batch_size))
         probe = make_dataset(self.train_data.examples[:1], self.train_data.features_for,
@@ -524,7 +612,8 @@ class Trainer:
         if best.exists():
             self.model.load_weights(str(best))
         result = TrainingResult(self.model, int(self.epoch.numpy()), len(history), history,
-                                float(self.best_val_loss.numpy()), stopped_early, time.perf_counter() - started)
+                                float(self.best_val_loss.numpy()), stopped_early, time.perf_counter() - started,
+                                init_from=str(pretrained.path) if pretrained is not None else None)
         for callback in self.callbacks:
             if hasattr(callback, "on_train_end"):
                 callback.on_train_end(result.summary())
