@@ -116,3 +116,112 @@ def test_load_model_finds_bare_names_and_lists_where_it_looked(bundle_path, tmp_
     assert pipeline.alphabet == Alphabet.default() and pipeline.model.count_params() == bundle_path[1].count_params()
     with pytest.raises(UserError, match="not found"):
         asr.load_model(str(tmp_path / "elsewhere" / "model.bin"))
+
+
+MIB = 1024 * 1024
+
+
+def _entries(bundle_path):
+    with zipfile.ZipFile(bundle_path[0]) as source:
+        return {name: source.read(name) for name in source.namelist()}
+
+
+def _bomb(path, entries, bomb_entry, size):
+    """A bundle whose ``bomb_entry`` inflates to ``size`` bytes of zeros (a few hundred KiB on disk)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for name, data in entries.items():
+            if name != bomb_entry:
+                archive.writestr(name, data)
+        with archive.open(bomb_entry, "w", force_zip64=True) as member:
+            zeros = bytes(MIB)
+            for _ in range(size // MIB):
+                member.write(zeros)
+    return path
+
+
+@pytest.fixture
+def isolated_temp(tmp_path, monkeypatch):
+    """Temporary folders and the LM cache inside the test's folder, to see what is left behind."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
+    return scratch
+
+
+def _left_behind(tmp_path):
+    return sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "tmp").rglob("*")) + sorted(
+        str(p.relative_to(tmp_path)) for p in (tmp_path / "cache").rglob("*") if (tmp_path / "cache").exists())
+
+
+@pytest.mark.parametrize("bomb_entry", ["model.keras", "lm/words.arpa"])
+def test_a_zip_bomb_is_refused_before_anything_is_extracted(bundle_path, tmp_path, isolated_temp, monkeypatch,
+                                                            bomb_entry):
+    path = _bomb(tmp_path / "bomb.bin", _entries(bundle_path), bomb_entry, 300 * MIB)
+    assert path.stat().st_size < MIB
+    with pytest.raises(UserError, match=f"refusing {bomb_entry}: it inflates to 300 MiB, over the limit of 200 MiB"):
+        load_bundle(path)
+    assert _left_behind(tmp_path) == []
+    monkeypatch.setenv("ASR_BUNDLE_MAX_MEMBER_MB", "400")  # under the size limit, the ratio still refuses it
+    with pytest.raises(UserError, match=f"refusing {bomb_entry}: compression ratio [0-9,]+ is over 200"):
+        load_bundle(path)
+    monkeypatch.setenv("ASR_BUNDLE_MAX_RATIO", "100000")
+    with pytest.raises(UserError, match="inflates to 300 MiB, over the limit of 256 MiB"):
+        monkeypatch.setenv("ASR_BUNDLE_MAX_TOTAL_MB", "256")
+        load_bundle(path)
+    assert _left_behind(tmp_path) == []
+    monkeypatch.setenv("ASR_BUNDLE_MAX_MEMBER_MB", "x")
+    with pytest.raises(UserError, match="ASR_BUNDLE_MAX_MEMBER_MB='x' is not a whole number"):
+        load_bundle(path)
+
+
+def test_a_corrupt_member_leaves_no_files(bundle_path, tmp_path, isolated_temp):
+    entries = _entries(bundle_path)
+    entries["lm/words.arpa"] = b"\\data\\\n" * 1000
+    for victim in ("lm/words.arpa", "model.keras"):
+        path = tmp_path / "corrupt.bin"
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+            for name, data in entries.items():
+                archive.writestr(name, data)
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(victim)
+        data = bytearray(path.read_bytes())
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)  # local header, then data
+        data[start + info.compress_size // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        with pytest.raises(UserError, match="corrupt or truncated model bundle .*CRC"):
+            load_bundle(path)
+        assert [name for name in _left_behind(tmp_path) if ".extract-" in name or "asr-bundle-" in name] == []
+        if victim.startswith("lm/"):
+            assert not any((tmp_path / "cache").rglob("words.arpa"))
+
+
+def test_malformed_configuration_is_one_clear_error(bundle_path, tmp_path, isolated_temp):
+    entries = _entries(bundle_path)
+    entries["configuration.yaml"] = b"model: [unclosed\n  x: {"
+    with zipfile.ZipFile(tmp_path / "config.bin", "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    with pytest.raises(UserError, match="corrupt configuration.yaml"):
+        load_bundle(tmp_path / "config.bin")
+
+
+def test_the_language_model_cache_keeps_the_most_recent(bundle_path, tmp_path, isolated_temp, monkeypatch):
+    import os
+
+    monkeypatch.setenv("ASR_LM_CACHE_KEEP", "2")
+    entries = _entries(bundle_path)
+    loaded = []
+    for index in range(3):
+        path = tmp_path / f"lm{index}.bin"
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in {**entries, "lm/words.arpa": f"\\data\\ {index}\n".encode()}.items():
+                archive.writestr(name, data)
+        loaded.append(load_bundle(path).language_model)
+        os.utime(loaded[-1].parent, (1000.0 + index, 1000.0 + index))  # distinct use times, oldest first
+    cached = sorted(entry for entry in (tmp_path / "cache" / "lm").iterdir())
+    assert cached == sorted([loaded[1].parent, loaded[2].parent])
+    assert load_bundle(tmp_path / "lm0.bin").language_model.read_text() == "\\data\\ 0\n"  # extracted again
+    assert sorted((tmp_path / "cache" / "lm").iterdir()) == sorted([loaded[0].parent, loaded[2].parent])
