@@ -265,6 +265,7 @@ def tune_main(model: str, manifest: Path, lm_path: Optional[Path] = None, trials
     """``asr lm tune``: search alpha and beta on a dev manifest, print the best pair, write it into the bundle."""
     from asr.decoding import BeamSearchDecoder, read_unigram_file
     from asr.evaluate import read_references
+    from asr.models_registry import PACKAGE_FOLDER, resolve_model_path
     from asr.transcribe import acoustic_logits, bundled_language_model, load_pipeline
 
     manifest = Path(manifest)
@@ -272,6 +273,9 @@ def tune_main(model: str, manifest: Path, lm_path: Optional[Path] = None, trials
         raise UserError(f"manifest not found: {manifest}")
     files, references, _ = read_references(manifest)
     search_pairs(trials, start=(0.0, 0.0))  # a bad --trials fails before the model loads
+    bundle_path = resolve_model_path(model)
+    if write and bundle_path.resolve().parent == PACKAGE_FOLDER:
+        raise UserError(f"{model} is a packaged model: tune a copy of {bundle_path}, or pass --no-write")
     pipeline = load_pipeline(model)
     language_model = Path(lm_path) if lm_path is not None else bundled_language_model(pipeline)
     if language_model is None:
@@ -298,10 +302,10 @@ def tune_main(model: str, manifest: Path, lm_path: Optional[Path] = None, trials
     best = ranked[0]
     print(f"best: alpha={best.alpha} beta={best.beta}  WER {best.wer:.2%}  CER {best.cer:.2%}")
     if write:
-        update_bundle(Path(model), {"name": "beam_lm", "alpha": best.alpha, "beta": best.beta},
+        update_bundle(bundle_path, {"name": "beam_lm", "alpha": best.alpha, "beta": best.beta},
                       language_model=Path(lm_path) if lm_path is not None else None)
         added = f" with language model {lm_path}" if lm_path is not None else ""
-        print(f"wrote decoder beam_lm, alpha={best.alpha}, beta={best.beta} into {model}{added}")
+        print(f"wrote decoder beam_lm, alpha={best.alpha}, beta={best.beta} into {bundle_path}{added}")
     return best
 
 

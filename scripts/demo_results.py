@@ -7,6 +7,7 @@ import os
 
 from mlflow.tracking import MlflowClient
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -19,7 +20,7 @@ def main() -> None:
     if experiment is None:
         raise SystemExit(f"error: no MLflow experiment named {arguments.experiment!r}")
     table = Table(title=f"MLflow experiment {arguments.experiment!r}")
-    for column in ("job", "rnn_sizes", "status", "epochs", "test WER", "test CER", "train minutes"):
+    for column in ("job", "init_from", "learning_rate", "status", "epochs", "test WER", "test CER", "train minutes"):
         table.add_column(column)
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     for run in runs:
@@ -27,7 +28,7 @@ def main() -> None:
         minutes = metrics["total_seconds"] / 60 if "total_seconds" in metrics else None  # training, not queueing
         table.add_row(
             tags.get("expctl.job_id", "?"),
-            params.get("model.parameters.rnn_sizes", "?"), run.info.status,
+            escape(params.get("trainer.init_from", "-")), params.get("optimizer.learning_rate", "?"), run.info.status,
             str(int(metrics["epochs_run"])) if "epochs_run" in metrics else "-",
             f"{metrics['test_wer']:.3f}" if "test_wer" in metrics else "-",
             f"{metrics['test_cer']:.3f}" if "test_cer" in metrics else "-",

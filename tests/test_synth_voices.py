@@ -1,0 +1,119 @@
+"""Voices, texts and rooms of the synthetic corpus: flite, Debian fortunes, simulated channels."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+import soundfile
+from hypothesis import given, settings
+
+from asr.augment import band_limit, colored_noise, reverberate
+from asr.data import synth, texts
+from asr.data.synth import SAMPLE_RATE, corpus_sentences, synthesize_corpus, utterance_settings
+from asr.errors import UserError
+
+ALPHABET = set("abcdefghijklmnopqrstuvwxyz' ")
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="Debian flite is not installed (make voices)")
+needs_fortunes = pytest.mark.skipif(not texts.FORTUNES_DIR.is_dir(),
+                                    reason="Debian fortunes is not installed (make voices)")
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_normalised_sentences_use_only_the_alphabet(raw: str) -> None:
+    sentence = texts.normalize_sentence(raw)
+    if sentence is not None:
+        assert set(sentence) <= ALPHABET
+        assert sentence == " ".join(sentence.split())
+        assert texts.MIN_WORDS <= len(sentence.split()) <= texts.MAX_WORDS
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("Don't count your chickens before they hatch.", "don't count your chickens before they hatch"),
+    ("\u201cWell,\u201d she said -- 'quite so!'", None),  # three words: too short
+    ("He was born in 1879 and died young.", None),  # digits are not guessed at
+    ("It's a well-known fact; so it goes.", "it's a well known fact so it goes"),
+])
+def test_normalize_sentence(raw: str, expected: str | None) -> None:
+    assert texts.normalize_sentence(raw) == expected
+
+
+def test_fortunes_split_into_sentences_without_attributions(tmp_path: Path) -> None:
+    (tmp_path / "wisdom").write_text("A stitch in time saves nine.  Look before you leap, my friend!\n"
+                                     "\t\t-- Somebody Famous\n%\nWhat goes around comes around again.\n%\n")
+    (tmp_path / "wisdom.dat").write_bytes(b"\x00binary index")
+    sentences = texts.fortune_sentences(tmp_path)
+    assert sentences == ("a stitch in time saves nine", "look before you leap my friend",
+                         "what goes around comes around again")
+
+
+def test_no_fortune_files_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="make voices"):
+        texts.fortune_sentences(tmp_path)
+
+
+@needs_fortunes
+def test_mixed_text_sources_are_distinct_reproducible_and_shuffled() -> None:
+    pairs = corpus_sentences(400, seed=5, sources=("generator", "fortunes"))
+    assert pairs == corpus_sentences(400, seed=5, sources=("generator", "fortunes"))
+    assert len({text for text, _ in pairs}) == 400
+    sources = [source for _, source in pairs]
+    assert sources.count("fortunes") == 200
+    assert 50 < sources[:200].count("fortunes") < 150  # mixed, so every split gets both
+
+
+def test_espeak_only_settings_draw_as_before() -> None:
+    # The espeak-only draw must not change, or older corpora would not reproduce from their seed.
+    settings_now = utterance_settings(7, 3, synth.available_variants())
+    rng = random.Random("asr-synth:7:3")
+    accent, variant = rng.choice(synth.ACCENTS), rng.choice(synth.available_variants())
+    assert settings_now.voice == (f"{accent}+{variant}" if variant else accent)
+    assert settings_now.engine == "espeak" and settings_now.rt60 == 0 and settings_now.snr_db is None
+
+
+def test_room_effects_keep_length_and_change_the_signal() -> None:
+    rng = np.random.default_rng(0)
+    signal = np.sin(np.arange(SAMPLE_RATE) / 7.0).astype(np.float32) * 0.5
+    wet = reverberate(signal, 0.5, 3.0, rng)
+    assert wet.shape == signal.shape and np.isclose(np.max(np.abs(wet)), 0.5)
+    assert not np.allclose(wet, signal)
+    telephone = band_limit(np.asarray(rng.standard_normal(SAMPLE_RATE), np.float32), 300.0, 3400.0)
+    spectrum = np.abs(np.fft.rfft(telephone))
+    assert spectrum[6000:].mean() < 0.05 * spectrum[500:3000].mean()  # bins are 1 Hz apart
+    brown, white = colored_noise(SAMPLE_RATE, 2.0, rng), colored_noise(SAMPLE_RATE, 0.0, rng)
+    assert np.isclose(np.std(brown), 1.0, atol=1e-3)
+    low = lambda noise: np.abs(np.fft.rfft(noise))[:200].mean() / np.abs(np.fft.rfft(noise))[4000:].mean()
+    assert low(brown) > 10 * low(white)
+
+
+@needs_flite
+@needs_fortunes
+def test_flite_and_rooms_in_a_corpus_reproduce_from_the_seed(tmp_path: Path) -> None:
+    options = dict(count=12, seed=2, engines="espeak,flite", text="generator,fortunes", room=1.0, quiet=True)
+    first = synthesize_corpus(tmp_path / "a", **options)
+    second = synthesize_corpus(tmp_path / "b", jobs=2, **options)
+    records = [json.loads(line) for line in first["all"].read_text().splitlines()]
+    assert {record["voice"].split(":")[0] for record in records} == {"espeak", "flite"}
+    assert {record["source"] for record in records} == {"generator", "fortunes"}
+    for record in records:
+        audio, rate = soundfile.read(tmp_path / "a" / record["audio_filepath"])
+        assert rate == SAMPLE_RATE and audio.size > SAMPLE_RATE // 2 and np.isfinite(audio).all()
+    files = sorted(path.name for path in (tmp_path / "a" / "wavs").iterdir())
+    assert all((tmp_path / "a" / "wavs" / name).read_bytes() == (tmp_path / "b" / "wavs" / name).read_bytes()
+               for name in files)
+    assert first["all"].read_text() == second["all"].read_text()
+
+
+def test_bad_engine_text_or_room_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--engines"):
+        synthesize_corpus(tmp_path, count=2, seed=0, engines="festival", quiet=True)
+    with pytest.raises(UserError, match="--text"):
+        synthesize_corpus(tmp_path, count=2, seed=0, text="wikipedia", quiet=True)
+    with pytest.raises(UserError, match="--room"):
+        synthesize_corpus(tmp_path, count=2, seed=0, room=1.5, quiet=True)
