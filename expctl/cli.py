@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from expctl import db, jobs, queue_file, specs
-from expctl.errors import UserError
+from expctl.errors import Interrupted, UserError
 
 app = typer.Typer(
     help="Queue experiments (Hydra app + overrides) and run them on this machine's GPUs.",
@@ -521,6 +521,9 @@ def main() -> None:
     except UserError as error:
         error_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Interrupted as error:
+        error_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(130)
     except SQLAlchemyError as error:
         message = str(getattr(error, "orig", None) or error).strip().splitlines()
         error_console.print(f"error: database: {message[0] if message else type(error).__name__}",

@@ -1,18 +1,20 @@
 """Experiment specs: a base config plus Hydra overrides, composed by the job's own Hydra app.
 
-expctl never imports the app: it runs ``python -m APP ... OVERRIDES --cfg job`` in a child
-process, which prints the composed job config (validated by the app's typed schema) without
-running the task. Sweep overrides (``a=1,2``, ``b=[256],[512]``, ``range(...)``) are expanded
+expctl never imports the app: child processes (``expctl.compose_child``, a few per command, each
+composing many specs) run the app as ``python -m APP ... OVERRIDES --cfg job`` would, which prints
+the composed job config (validated by the app's typed schema) without running the task. Sweep overrides (``a=1,2``, ``b=[256],[512]``, ``range(...)``) are expanded
 with Hydra's own override parser and BasicSweeper into one spec per combination.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from expctl.errors import UserError
 
 DEFAULT_APP = "asr.train"
 COMPOSE_TIMEOUT_S = 600
+COMPOSE_TIMEOUT_PER_SPEC_S = 10
+SPECS_PER_COMPOSER = 8  # fewer specs than this per child are not worth another app start-up
 # Overrides travel on the app's command line, where Linux caps one argument at 128 KiB and all of
 # them at ~2 MB ("Argument list too long"): refuse bigger ones at enqueue with a clear line.
 MAX_OVERRIDE_BYTES = 100_000
@@ -138,50 +142,108 @@ def expand(app: str, base: str, overrides: list[str]) -> SweepPlan:
 
 def compose(spec: Spec, *, cwd: str | None = None) -> ComposedSpec:
     """Compose ``spec`` with its app's Hydra (``--cfg job``); a refusal is a UserError with Hydra's message."""
-    command = [sys.executable, "-m", spec.app, *base_arguments(spec.base), *spec.overrides, "--cfg", "job"]
-    env = dict(os.environ)
+    return compose_all([spec], cwd=cwd)[0]
+
+
+def _composed(spec: Spec, code: int, stdout: str, stderr: str) -> ComposedSpec:
+    if code != 0:
+        raise UserError(f"{describe(spec)} refused: {_hydra_message(stderr or stdout)}")
     try:
-        result = subprocess.run(
-            command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-            timeout=COMPOSE_TIMEOUT_S, env=env, cwd=cwd,
-        )
-    except subprocess.TimeoutExpired:
-        raise UserError(f"composing {describe(spec)} took over {COMPOSE_TIMEOUT_S} s") from None
-    if result.returncode != 0:
-        raise UserError(f"{describe(spec)} refused: {_hydra_message(result.stderr or result.stdout)}")
-    config_yaml = result.stdout
-    try:
-        loaded = yaml.safe_load(config_yaml)
+        loaded = yaml.safe_load(stdout)
     except yaml.YAMLError as error:
         raise UserError(f"{describe(spec)}: the app printed no YAML config ({_one_line(str(error))})") from None
     if not isinstance(loaded, dict):
         raise UserError(f"{describe(spec)}: the app printed no config mapping (is {spec.app} a Hydra app?)")
-    return ComposedSpec(spec=spec, config_yaml=config_yaml, config_hash=config_hash(spec.app, config_yaml))
+    return ComposedSpec(spec=spec, config_yaml=stdout, config_hash=config_hash(spec.app, stdout))
+
+
+class _Composer:
+    """One ``python -m expctl.compose_child`` process composing a chunk of specs of one app."""
+
+    def __init__(self, app: str, chunk: list[tuple[int, Spec]], cwd: str | None) -> None:
+        self.chunk = chunk
+        self.request = json.dumps({"app": app, "specs": [
+            [index, [*base_arguments(spec.base), *spec.overrides]] for index, spec in chunk]})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "expctl.compose_child"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=dict(os.environ), cwd=cwd,
+        )
+        self.stdout = ""
+        self.stderr = ""
+        self.thread = threading.Thread(target=self._talk, daemon=True)
+        self.thread.start()
+
+    def _talk(self) -> None:
+        try:
+            self.stdout, self.stderr = self.process.communicate(self.request)
+        except (OSError, ValueError):  # killed (Ctrl-C, timeout) while talking
+            pass
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def results(self) -> dict[int, tuple[int, str, str]]:
+        found = {}
+        for line in self.stdout.splitlines():
+            try:
+                item = json.loads(line)
+                found[int(item["index"])] = (int(item["code"]), str(item["stdout"]), str(item["stderr"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return found
 
 
 def compose_all(specs: list[Spec], labels: list[str] | None = None,
-                max_workers: int | None = None) -> list[ComposedSpec]:
-    """Compose every spec (in parallel child processes); the first refusal, in order, is raised,
-    prefixed with its label (e.g. ``line 3``) when one is given."""
+                max_workers: int | None = None, cwd: str | None = None) -> list[ComposedSpec]:
+    """Compose every spec, a few child processes per command (one per CPU at most, each composing many
+    specs: the app's start-up is paid once per child, not once per job); the first refusal, in order,
+    is raised, prefixed with its label (e.g. ``line 3``) when one is given. Ctrl-C stops the children."""
     labels = labels or [""] * len(specs)
-
-    def one(index: int) -> ComposedSpec:
+    if not specs:
+        return []
+    by_app: dict[str, list[tuple[int, Spec]]] = {}
+    for index, spec in enumerate(specs):
+        by_app.setdefault(spec.app, []).append((index, spec))
+    workers = max_workers or max(1, min(os.cpu_count() or 1, len(specs) // SPECS_PER_COMPOSER or 1))
+    composers: list[_Composer] = []
+    try:
+        for app, items in by_app.items():
+            count = max(1, min(workers, len(items) // SPECS_PER_COMPOSER or 1))
+            for start in range(count):  # round robin: each child goes through its indices in order
+                composers.append(_Composer(app, items[start::count], cwd))
+        deadline = time.monotonic() + COMPOSE_TIMEOUT_S + COMPOSE_TIMEOUT_PER_SPEC_S * len(specs)
+        for composer in composers:
+            while composer.thread.is_alive():  # short joins, so that Ctrl-C is noticed at once
+                composer.thread.join(0.1)
+                if time.monotonic() > deadline:
+                    raise UserError(f"composing {len(specs)} spec(s) took over "
+                                    f"{COMPOSE_TIMEOUT_S + COMPOSE_TIMEOUT_PER_SPEC_S * len(specs):.0f} s")
+    finally:
+        for composer in composers:
+            composer.kill()
+    results: dict[int, tuple[int, str, str]] = {}
+    for composer in composers:
+        found = composer.results()
+        results.update(found)
+        refused = [index for index, (code, _out, _err) in found.items() if code != 0]
+        missing = [index for index, _spec in composer.chunk if index not in found]
+        if missing and not refused:  # the child died without a word for these (a crash)
+            message = _hydra_message(composer.stderr) if composer.stderr.strip() else (
+                f"the composer exited with {composer.process.returncode}")
+            results[missing[0]] = (1, "", message)
+    composed: list[ComposedSpec] = []
+    for index, spec in enumerate(specs):
+        if index not in results:
+            continue  # after an earlier refusal in its child; a refusal before it is raised first
         try:
-            return compose(specs[index])
+            composed.append(_composed(spec, *results[index]))
         except UserError as error:
             raise UserError(f"{labels[index]}: {error}" if labels[index] else str(error)) from None
-
-    if len(specs) <= 1:
-        return [one(index) for index in range(len(specs))]
-    workers = max_workers or min(len(specs), max(2, os.cpu_count() or 2))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(one, index) for index in range(len(specs))]
-        try:
-            return [future.result() for future in futures]
-        except UserError:
-            for future in futures:
-                future.cancel()
-            raise
+    if len(composed) != len(specs):
+        raise UserError("composing the specs failed: a composer stopped early")  # not reached: a refusal is raised
+    return composed
 
 
 def describe(spec: Spec) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from expctl import jobs, specs
-from expctl.errors import UserError
+from expctl.errors import Interrupted, UserError
 from expctl.tracking import SafeTracker
 
 
@@ -51,6 +51,14 @@ def _plan(request: Request) -> specs.SweepPlan:
 
 def submit(engine: Engine, requests: list[Request], tracker: SafeTracker) -> list[Submitted]:
     """Compose every request's jobs, then enqueue all of them in one transaction (all or none)."""
+    try:
+        return _submit(engine, requests, tracker)
+    except KeyboardInterrupt:
+        # Composing runs in children that are killed; the insert is one transaction, rolled back.
+        raise Interrupted("interrupted: nothing was queued") from None
+
+
+def _submit(engine: Engine, requests: list[Request], tracker: SafeTracker) -> list[Submitted]:
     plans = [(request, _plan(request)) for request in requests]
     labelled = [(request.label, spec) for request, plan in plans for spec in plan.specs]
     composed = iter(specs.compose_all([spec for _label, spec in labelled], [label for label, _spec in labelled]))
@@ -75,9 +83,14 @@ def submit(engine: Engine, requests: list[Request], tracker: SafeTracker) -> lis
     created = jobs.enqueue_batches(engine, batches)
     results = [Submitted(request=request, jobs=job_list, sweep_id=sweep_id)
                for (request, _plan_), (job_list, sweep_id) in zip(plans, created)]
-    for result in results:
-        for job in result.jobs:
-            tracking = tracker.on_enqueue(job)
-            if tracking:
-                jobs.set_tracking(engine, job.id, tracking.get("run_id"), tracking.get("uri"))
+    try:
+        for result in results:
+            for job in result.jobs:
+                tracking = tracker.on_enqueue(job)
+                if tracking:
+                    jobs.set_tracking(engine, job.id, tracking.get("run_id"), tracking.get("uri"))
+    except KeyboardInterrupt:
+        ids = [job.id for result in results for job in result.jobs]
+        raise Interrupted(f"interrupted: {len(ids)} job(s) were queued ({ids[0]}-{ids[-1]}) but not all are "
+                          "tracked yet; `expctl tracking sync` catches up") from None
     return results

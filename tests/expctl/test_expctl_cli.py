@@ -10,7 +10,7 @@ import pytest
 from expctl import jobs, queue_file, specs
 from expctl.errors import UserError
 
-from expctl_helpers import REPO, Env
+from expctl_helpers import REPO, Env, pid_alive
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -165,3 +165,56 @@ def test_base_yaml_named_like_the_apps_config_is_not_shadowed(tmp_path: Path) ->
     assert "tag: mine\n" in composed.config_yaml and "lr: 0.5\n" in composed.config_yaml
     assert composed.config_hash == specs.config_hash("expctl_testapp", composed.config_yaml)
     assert sys.executable
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_many_specs_are_composed_by_few_children_and_the_first_refusal_is_reported(world: Env) -> None:
+    lines = [f"config|lr={index}|tag=many" for index in range(40)]
+    lines[29] = "config|lr=bad29|tag=many"
+    lines[34] = "config|nope=1|tag=many"
+    queue = world.root / "many.txt"
+    queue.write_text("\n".join(lines) + "\n")
+    assert_error_line(world.run("enqueue", "--file", str(queue), *TESTAPP), "line 30", "lr=bad29")
+    assert jobs.list_jobs(world.engine) == []
+    lines[29], lines[34] = "config|lr=0.5|tag=fixed", "config|lr=0.25|tag=fixed"
+    queue.write_text("\n".join(lines) + "\n")
+    assert "40 job(s) queued" in world.run("enqueue", "--file", str(queue), *TESTAPP, check=True).stdout
+    stored = jobs.list_jobs(world.engine)
+    assert [job.override_list for job in stored] == [line.split("|")[1:] for line in lines]
+    assert all(f"lr: {float(job.override_list[0][3:])}\n" in job.config_yaml for job in stored)
+
+
+def test_ctrl_c_stops_an_enqueue_and_leaves_no_rows(any_world: Env) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    world = any_world
+    process = subprocess.Popen(
+        [sys.executable, "-m", "expctl", "enqueue", "config", "lr=range(0,3000)", "tag=x", *TESTAPP],
+        cwd=world.root, env=world.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+    deadline = time.monotonic() + 60
+    while not (composers := _children(process.pid)):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)  # composing is under way
+    interrupted = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    _out, err = process.communicate(timeout=60)
+    assert time.monotonic() - interrupted < 10
+    assert process.returncode == 130 and err.strip() == "error: interrupted: nothing was queued", err
+    assert not any(pid_alive(pid) for pid in composers)  # the composers were stopped too
+    assert jobs.list_jobs(world.engine) == []
