@@ -144,8 +144,9 @@ def _limit(variable: str, default: int) -> int:
     return number
 
 
-def _check_sizes(path: Path, archive: zipfile.ZipFile) -> None:
-    """Refuse a bomb from the central directory alone, before a byte is inflated."""
+def check_sizes(path: str | Path, archive: zipfile.ZipFile) -> None:
+    """Refuse a bomb from the central directory alone, before a byte is inflated (call it before
+    reading any member of a bundle: ``load_bundle`` does, and so must anything else that reads one)."""
     member_limit = _limit("ASR_BUNDLE_MAX_MEMBER_MB", MAX_MEMBER_MB) * MIB
     total_limit = _limit("ASR_BUNDLE_MAX_TOTAL_MB", MAX_TOTAL_MB) * MIB
     ratio_limit = _limit("ASR_BUNDLE_MAX_RATIO", MAX_RATIO)
@@ -235,7 +236,7 @@ def load_bundle(path: str | Path) -> Bundle:
     try:
         with zipfile.ZipFile(path) as archive:
             names = _check_entries(path, archive)
-            _check_sizes(path, archive)  # before anything is inflated; CRCs are checked while reading
+            check_sizes(path, archive)  # before anything is inflated; CRCs are checked while reading
             metadata = json.loads(_read_text_entry(archive, METADATA_ENTRY))
             if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
                 raise UserError(f"{path}: not a model bundle (metadata.json has no format {FORMAT!r})")
