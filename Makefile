@@ -1,9 +1,13 @@
 # make demo: the whole platform on the embedded defaults (SQLite queue, local MLflow store,
 #            offline synthetic corpus). make test: the test suite.
+# make voices: the speech tools behind the flite training voices and bench/quality.py (needs apt and root or
+#            sudo): flite, Festival and its voices (kept for evaluation only), fortunes,
+#            pocketsphinx-testdata, and PocketSphinx in the venv (pip extra 'bench'). demo and test never need it.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast demo clean voices
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +25,12 @@ test-fast: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
+
+voices: $(VENV)/.installed
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y flite festival festvox-kdlpc16k \
+		festvox-kallpc16k festvox-us-slt-hts fortunes pocketsphinx-testdata
+	$(PYTHON) -m pip install --quiet -e '.[bench]'
 
 clean:
 	rm -rf experiments data/synth queue/expctl.db* mlflow.db mlruns mlartifacts
