@@ -216,13 +216,17 @@ def _workdir() -> Path:
 def _exp_dir(job: jobs.Job, job_dir: Path) -> str:
     """Where the app writes: the frozen config's literal ``exp_dir`` (relative to the daemon's
     folder), else the job's folder (``${hydra:runtime.output_dir}`` is the run dir the daemon sets)."""
+    import re
+
     import yaml
 
+    # Only the top-level line is parsed: a full YAML parse per job would make `list --json` of
+    # thousands of jobs slow.
+    line = re.search(r"^exp_dir:[ \t]*(.*?)[ \t]*$", job.config_yaml, re.MULTILINE)
     try:
-        config = yaml.safe_load(job.config_yaml)
+        value = yaml.safe_load(line.group(1)) if line else None
     except yaml.YAMLError:
-        config = None
-    value = config.get("exp_dir") if isinstance(config, dict) else None
+        value = None
     if isinstance(value, str) and value and "${" not in value:
         return str(_workdir() / value)
     return str(job_dir)

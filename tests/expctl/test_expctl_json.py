@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(300)
 def test_list_show_and_workers_print_json(any_world: Env) -> None:
     world = any_world
     world.run("enqueue", "config", "tag='[/]'", "lr=0.1,0.2", *TESTAPP, "--name", "grid", check=True)
-    config_yaml = "exp_dir: runs/own\nexit_code: 3\n"
+    config_yaml = "exp_dir: 'runs/own dir'\nexit_code: 3\n"
     [own] = jobs.enqueue(world.engine, [jobs.NewJob(
         app="expctl_fastapp", base="config", overrides=("exp_dir=runs/own",), config_yaml=config_yaml,
         config_hash=specs.config_hash("expctl_fastapp", config_yaml), name="own dir", max_attempts=1, priority=9)])
@@ -33,7 +33,7 @@ def test_list_show_and_workers_print_json(any_world: Env) -> None:
     assert first["name"] == "grid tag='[/]' lr=0.1" and first["overrides"] == ["tag='[/]'", "lr=0.1"]
     assert first["reason"] == "cancelled before it ran" and first["mlflow_run_id"] is None
     assert second["job_dir"] == str(world.root / "experiments" / "2") == second["exp_dir"]
-    assert third["exp_dir"] == str(world.root / "runs" / "own") and third["job_dir"].endswith("/experiments/3")
+    assert third["exp_dir"] == str(world.root / "runs" / "own dir") and third["job_dir"].endswith("/experiments/3")
     assert third["mlflow_run_id"] == "abc123" and third["exit_code"] == 3 and third["priority"] == 9
     assert third["reason"] == "failed: exit code 3 after 1 attempts" and third["max_attempts"] == 1
     assert json.loads(world.run("list", "--json", "--status", "queued", check=True).stdout) == [second]
