@@ -132,6 +132,12 @@ def expand(app: str, base: str, overrides: list[str]) -> SweepPlan:
         is_sweep = any(override.is_sweep_override() for override in parsed)
         if any(override.value_type == ValueType.GLOB_CHOICE_SWEEP for override in parsed):
             raise UserError("glob() sweeps are not supported by expctl: list the choices (a=x,y)")
+        for override in parsed:
+            # --cfg job prints the job's config only: a hydra.* setting would vanish from the frozen
+            # config without a word, so it is refused (the daemon sets Hydra's run dir itself).
+            if override.is_hydra_override():
+                raise UserError(f"bad override {override.input_line!r}: hydra.* settings are not part of the "
+                                "job's frozen config, so they would be lost; set them in the app's config")
         batches = BasicSweeper.split_arguments(parsed, None)[0]
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(f"bad override: {_one_line(str(error))}") from None

@@ -60,6 +60,8 @@ def test_out_of_range_inputs_are_one_line_errors_and_write_nothing(any_world: En
         (("cancel", "--sweep", huge), (f"no sweep with id {huge}",)),
         (("list", "--limit", "-1"), ("--limit must be",)),
         (("list", "--limit", huge), ("--limit must be",)),
+        (("enqueue", "config", "tag=h", "hydra.job.chdir=true", *TESTAPP), ("'hydra.job.chdir=true'", "lost")),
+        (("enqueue", "config", "tag=h", "+hydra.x=1,2", *TESTAPP), ("'+hydra.x=1,2'", "hydra.* settings")),
     ]:
         assert_error_line(world.run(*arguments), *fragments)
     queue = world.root / "big.txt"
