@@ -10,11 +10,15 @@ The daemon forks a small *shepherd* (no new interpreter, so the start stays fast
   (database files, GPU locks), then starts the app with ``posix_spawn`` (no shell);
 * ignores SIGTERM/SIGINT itself, so the daemon's ``killpg(SIGTERM)`` reaches only the app's
   side, and exits with the app's status (re-raising the app's fatal signal on itself);
-* on its parent's death: SIGTERM to the group, a grace period, then SIGKILL to the group.
+* on its parent's death: SIGTERM to the group, a grace period, then SIGKILL to the group;
+* is a *child subreaper* (``PR_SET_CHILD_SUBREAPER``): a descendant that left the group with
+  ``setsid`` (a daemonizing tool, a stray server) is still re-parented to the shepherd when its
+  own parent dies, so when the app ends, or on the daemon's last-resort ``SIGUSR2``, the shepherd
+  SIGKILLs every descendant it has, setsid'd ones included, and nothing outlives the job.
 
-The daemon cancels with SIGTERM to the group, then SIGKILL after a grace period, and after the
-shepherd ends it SIGKILLs whatever is left in the group (before reaping it, so the group id
-cannot have been reused).
+The daemon cancels with SIGTERM to the group; after a grace period it asks the shepherd (SIGUSR2)
+to SIGKILL every descendant and itself, then SIGKILLs the group; after the shepherd ends it
+SIGKILLs whatever is left in the group (before reaping it, so the group id cannot have been reused).
 """
 
 from __future__ import annotations
@@ -27,19 +31,59 @@ import time
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
+KILL_ALL_SIGNAL = signal.SIGUSR2  # the daemon asks the shepherd to SIGKILL every descendant
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 # Signals the app gets back at their default disposition (the shepherd ignores or handles them;
 # Python itself ignores SIGPIPE and SIGXFSZ).
 _DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD,
-                    signal.SIGPIPE, signal.SIGXFSZ, PARENT_DEATH_SIGNAL)
+                    signal.SIGPIPE, signal.SIGXFSZ, PARENT_DEATH_SIGNAL, KILL_ALL_SIGNAL)
 
 
 def _set_parent_death_signal(signum: int) -> None:
     if _LIBC.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def _children_of(pid: int) -> list[int]:
+    """Live children of ``pid`` (a scan of /proc: works without CONFIG_PROC_CHILDREN)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in (b"Z", b"X"):
+            found.append(int(entry))
+    return found
+
+
+def _kill_descendants(timeout_s: float = 10.0) -> None:
+    """In the shepherd (a subreaper): SIGKILL and reap every descendant. A killed child's own
+    children are re-parented to us, so the loop goes on until none is left."""
+    me = os.getpid()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        children = _children_of(me)
+        if not children:
+            return
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
 
 
 class Child:
@@ -107,11 +151,18 @@ class Child:
         self.signal_group(signal.SIGKILL)
 
     def terminate(self, grace_s: float) -> int:
-        """SIGTERM the group, SIGKILL it after ``grace_s``; the return code."""
+        """SIGTERM the group; after ``grace_s`` have the shepherd SIGKILL every descendant (setsid'd
+        ones too) and itself, then SIGKILL the group; the return code."""
         if self.poll() is not None:
             return self.returncode  # type: ignore[return-value]
         self.signal_group(signal.SIGTERM)
         code = self.wait(grace_s)
+        if code is None:
+            try:
+                os.kill(self.pid, KILL_ALL_SIGNAL)
+            except ProcessLookupError:
+                pass
+            code = self.wait(5.0)
         if code is None:
             self.kill_group()
             code = self.wait(30.0)
@@ -157,13 +208,20 @@ def _shepherd(parent_pid: int, executable: str, argv: list[str], env: dict[str, 
             except ChildProcessError:
                 break
             time.sleep(0.05)
+        _kill_descendants()  # setsid'd ones too
         os.killpg(0, signal.SIGKILL)  # the rest of the group, and the shepherd itself
         os._exit(137)
+
+    def on_kill_all(_signum: int, _frame: object) -> None:
+        _kill_descendants()
+        os.kill(os.getpid(), signal.SIGKILL)  # the daemon sees "killed by SIGKILL", as before
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(PARENT_DEATH_SIGNAL, on_parent_death)
+    signal.signal(KILL_ALL_SIGNAL, on_kill_all)
+    _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # best effort: Linux >= 3.4
     _set_parent_death_signal(PARENT_DEATH_SIGNAL)
     if os.getppid() != parent_pid:  # the daemon died before prctl took effect
         return 137
@@ -184,6 +242,7 @@ def _shepherd(parent_pid: int, executable: str, argv: list[str], env: dict[str, 
         except ChildProcessError:
             return 127
     code = os.waitstatus_to_exitcode(status)
+    _kill_descendants()  # what the app left behind, in its group or not (setsid), ends with it
     if code < 0:  # mirror the app's fatal signal so the daemon sees it
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)

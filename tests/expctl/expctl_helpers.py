@@ -29,7 +29,8 @@ class Env:
         self.record = root / "record.txt"
         self.vars = dict(os.environ)
         self.vars.update(
-            PYTHONPATH=os.pathsep.join([str(REPO), str(APPS), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            PYTHONPATH=os.pathsep.join([str(REPO), str(APPS), str(REPO / "tests" / "expctl" / "apps"),
+                                        os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
             EXPCTL_DB_URL=db_url,
             EXPCTL_LOCK_DIR=str(root / "locks"),
             EXPCTL_WORKDIR=str(root),

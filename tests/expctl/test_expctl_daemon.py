@@ -301,3 +301,31 @@ def test_a_daemon_runs_only_the_apps_it_trusts(any_world: Env) -> None:
     done = jobs.get_job(world.engine, untrusted)
     assert (done.status, done.end_reason) == ("succeeded", "succeeded")
     assert_error_line(world.cli("consume", "--gpus", "none", "--apps", "os;rm"), "bad --app")
+
+
+@pytest.mark.parametrize("way", ["cancel", "cancel, SIGTERM ignored", "job ends"])
+def test_nothing_the_job_started_outlives_it_not_even_setsid_helpers(world: Env, way: str) -> None:
+    """Helpers that left the job's process group (setsid, a double-fork daemon) die with the job."""
+    pid_file = world.root / "escaped.pids"
+    config_yaml = (f"pid_file: {pid_file}\nsleep: {2 if way == 'job ends' else 60}\n"
+                   f"ignore_sigterm: {'true' if 'ignored' in way else 'false'}\n")
+    [job] = jobs.enqueue(world.engine, [jobs.NewJob(
+        app="expctl_escape_app", base="config", overrides=(), config_yaml=config_yaml,
+        config_hash=specs.config_hash("expctl_escape_app", config_yaml), name="escape", max_attempts=1)])
+    daemon = world.daemon("--gpus", "none", "--grace", "1", "--until-empty", "--apps", "expctl_escape_app")
+    escaped = wait_for(lambda: pid_file.exists() and len(pid_file.read_text().split()) == 2 and
+                       [int(pid) for pid in pid_file.read_text().split()], 60, "both helpers to start")
+    assert all(pid_alive(pid) for pid in escaped)
+    from expctl.child import _children_of
+
+    [shepherd] = _children_of(daemon.pid)  # leads the job's session and process group
+    assert os.getsid(shepherd) == shepherd
+    assert all(os.getsid(pid) != shepherd and os.getpgid(pid) != shepherd for pid in escaped)  # they left it
+    if way != "job ends":
+        jobs.cancel(world.engine, job.id)
+    assert daemon.wait(60) == 0, world.daemon_logs()
+    wait_for(lambda: not any(pid_alive(pid) for pid in escaped), 10, "the escaped helpers to die")
+    done = jobs.get_job(world.engine, job.id)
+    assert done.status == ("succeeded" if way == "job ends" else "cancelled"), world.daemon_logs()
+    if "ignored" in way:
+        assert done.end_reason == "cancelled while running (killed by signal 9 (SIGKILL))"
