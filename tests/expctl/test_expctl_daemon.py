@@ -303,7 +303,7 @@ def test_a_daemon_runs_only_the_apps_it_trusts(any_world: Env) -> None:
     assert_error_line(world.cli("consume", "--gpus", "none", "--apps", "os;rm"), "bad --app")
 
 
-@pytest.mark.parametrize("way", ["cancel", "cancel, SIGTERM ignored", "job ends"])
+@pytest.mark.parametrize("way", ["cancel", "cancel, SIGTERM ignored", "job ends", "daemon kill -9"])
 def test_nothing_the_job_started_outlives_it_not_even_setsid_helpers(world: Env, way: str) -> None:
     """Helpers that left the job's process group (setsid, a double-fork daemon) die with the job."""
     pid_file = world.root / "escaped.pids"
@@ -321,6 +321,12 @@ def test_nothing_the_job_started_outlives_it_not_even_setsid_helpers(world: Env,
     [shepherd] = _children_of(daemon.pid)  # leads the job's session and process group
     assert os.getsid(shepherd) == shepherd
     assert all(os.getsid(pid) != shepherd and os.getpgid(pid) != shepherd for pid in escaped)  # they left it
+    if way == "daemon kill -9":
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(10)
+        wait_for(lambda: not any(pid_alive(pid) for pid in escaped), 15, "the escaped helpers to die")
+        assert status(world, job.id) == "running"  # until its lease expires
+        return
     if way != "job ends":
         jobs.cancel(world.engine, job.id)
     assert daemon.wait(60) == 0, world.daemon_logs()
