@@ -69,26 +69,45 @@ class DaemonOptions:
 
 
 class ChangeWatcher:
-    """Tells cheaply whether the queue may have changed since the last look."""
+    """Tells cheaply whether the queue may have changed since the last look.
 
-    def __init__(self, engine: Engine) -> None:
+    When its connection breaks (PostgreSQL restarted, ``pg_terminate_backend``), the daemon polls
+    by claiming meanwhile and the watcher is rebuilt every ``RECONNECT_S`` seconds, so an idle
+    daemon does not stay on the costly polling for good.
+    """
+
+    RECONNECT_S = 5.0
+
+    def __init__(self, engine: Engine, name: str = "") -> None:
         self.engine = engine
+        self.name = name  # PostgreSQL application_name of the LISTEN connection (what pg_stat_activity shows)
         self._raw: Any = None
         self._last: Any = None
         self._listening = False
+        self._retry_at: float | None = None
+        self._open()
+
+    def _open(self) -> None:
         try:
-            self._raw = engine.raw_connection()
-            if engine.dialect.name == "sqlite":
+            self._raw = self.engine.raw_connection()
+            if self.engine.dialect.name == "sqlite":
                 self._last = self._data_version()
-            elif engine.dialect.name == "postgresql":
+            elif self.engine.dialect.name == "postgresql":
                 driver = self._raw.driver_connection
                 driver.rollback()
                 driver.autocommit = True
+                if self.name:
+                    driver.execute("SELECT set_config('application_name', %s, false)", (self.name[:63],))
                 driver.execute(f"LISTEN {jobs.NOTIFY_CHANNEL}")
                 self._listening = True
+            if self._retry_at is not None:
+                logger.info("change watcher reconnected")
+            self._retry_at = None
         except Exception as error:  # noqa: BLE001 - polling still works without a watcher
-            logger.warning("change watcher unavailable (%s); polling by claiming", error)
+            logger.warning("change watcher unavailable (%s); polling by claiming, retrying in %.0f s",
+                           _first_line(error), self.RECONNECT_S)
             self.close()
+            self._retry_at = time.monotonic() + self.RECONNECT_S
 
     def _data_version(self) -> int:
         cursor = self._raw.cursor()
@@ -110,6 +129,10 @@ class ChangeWatcher:
                 return True
 
     def _changed(self, timeout: float) -> bool:
+        if self._raw is None and self._retry_at is not None and time.monotonic() >= self._retry_at:
+            self._open()
+            if self._raw is not None:
+                return True  # notifications may have been missed meanwhile: look once
         if self._raw is None:
             time.sleep(timeout)
             return True
@@ -124,8 +147,10 @@ class ChangeWatcher:
             self._last = version
             return changed
         except Exception as error:  # noqa: BLE001
-            logger.warning("change watcher failed (%s); polling by claiming", error)
+            logger.warning("change watcher failed (%s); polling by claiming, reconnecting in %.0f s",
+                           _first_line(error), self.RECONNECT_S)
             self.close()
+            self._retry_at = time.monotonic() + self.RECONNECT_S
             return True
 
     def close(self) -> None:
@@ -134,10 +159,14 @@ class ChangeWatcher:
             try:
                 if self._listening:
                     self._raw.driver_connection.execute(f"UNLISTEN {jobs.NOTIFY_CHANNEL}")
+                    self._raw.driver_connection.execute("RESET application_name")
                     self._raw.driver_connection.autocommit = False
                 self._raw.close()
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception:  # noqa: BLE001 - a broken connection is dropped, not pooled again
+                try:
+                    self._raw.invalidate()
+                except Exception:  # noqa: BLE001
+                    pass
         self._raw = None
         self._listening = False
 
@@ -189,7 +218,7 @@ class Daemon:
             jobs.register_worker(self.engine, self.worker_id, self.host, os.getpid(), self.gpu_text or "none")
             logger.info("worker %s started (GPUs %s, apps %s)", self.worker_id, self.gpu_text or "none",
                     ",".join(self.options.apps))
-            watcher = ChangeWatcher(self.engine)
+            watcher = ChangeWatcher(self.engine, name=f"expctl-watch {self.worker_id}")
             try_claim = True
             last_claim_try = 0.0
             while not self.stopping:

@@ -335,3 +335,33 @@ def test_nothing_the_job_started_outlives_it_not_even_setsid_helpers(world: Env,
     assert done.status == ("succeeded" if way == "job ends" else "cancelled"), world.daemon_logs()
     if "ignored" in way:
         assert done.end_reason == "cancelled while running (killed by signal 9 (SIGKILL))"
+
+
+@pytest.mark.postgres
+def test_the_listen_watcher_reconnects_after_postgresql_drops_it(pg_world: Env) -> None:
+    """pg_terminate_backend on the daemon's LISTEN connection: it is rebuilt, and new jobs still wake the daemon."""
+    from sqlalchemy import text
+
+    world = pg_world
+    daemon = world.daemon("--gpus", "none", "--poll", "1", name="listener")
+    worker_id = wait_for(lambda: jobs.list_workers(world.engine) and jobs.list_workers(world.engine)[0]["id"], 60,
+                         "the daemon to register")
+    name = f"expctl-watch {worker_id}"[:63]
+
+    def listener() -> int | None:
+        with world.engine.connect() as connection:
+            return connection.execute(text(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = :name AND query LIKE 'LISTEN%'"),
+                {"name": name}).scalar()
+
+    first = wait_for(listener, 30, "the LISTEN connection")
+    with world.engine.connect() as connection:
+        assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first}).scalar()
+    second = wait_for(lambda: (pid := listener()) not in (None, first) and pid, 30, "a new LISTEN connection")
+    assert second != first and daemon.poll() is None
+    logs = world.daemon_logs()
+    assert "change watcher failed" in logs and "change watcher reconnected" in logs, logs
+    [job] = fast_jobs(world, 1)
+    wait_for(lambda: status(world, job.id) == "succeeded", 30, "the new job to run")
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
