@@ -7,6 +7,8 @@ A bare name resolves, in this order, to the first bundle found:
 3. ``$ASR_MODELS_DIR/<name>.bin`` when the variable is set;
 4. ``<name>`` as a path relative to the current folder.
 
+An MLflow URI (``models:/asr-en/3``, ``models:/asr-en@champion``, ``runs:/<run_id>/model``) is
+downloaded from the tracking store into ``~/.cache/asr/mlflow/`` first (:mod:`asr.mlflow_uri`).
 A value with a folder in it (``experiments/1/model.bin``, ``~/m.bin``, ``/abs/m.bin``) is only
 ever a path. :func:`resolve_model_path` is the one resolver: ``load_model``, ``asr transcribe``,
 ``asr evaluate``, ``asr lm tune`` and ``trainer.init_from`` all go through it.
@@ -71,6 +73,10 @@ def resolve_model_path(path_or_name: str | Path) -> Path:
     text = str(path_or_name)
     if not text.strip():
         raise UserError("empty model name: give a name (see `asr models list`) or a bundle path")
+    if text.startswith(("models:/", "runs:/")):  # MLflow's registry or a run: downloaded into a cache
+        from asr.mlflow_uri import fetch_bundle
+
+        return fetch_bundle(text)
     if not is_bare_name(text):
         path = Path(text).expanduser()
         if not path.is_file():

@@ -2,7 +2,8 @@
 
 The queue (``expctl``) creates the run, owns its status and logs the configuration as
 params; training adds what only it knows: per-epoch metrics, the final test metrics, and
-its outputs as artifacts (bundle, result, learning curve, sample transcripts). Without
+its outputs as artifacts (bundle, result, learning curve, sample transcripts), and the bundle
+as an MLflow Model named ``model`` (``runs:/<run_id>/model``, servable; :mod:`asr.serving`). Without
 ``MLFLOW_RUN_ID`` nothing is logged. MLflow errors are logged once and never stop training.
 """
 
@@ -152,6 +153,15 @@ class MlflowRunLogger:
         for path in files:
             if path.is_file():
                 self._safely(path.name, lambda path=path: self.client.log_artifact(self.run_id, str(path)))
+        if (exp_dir / "model.bin").is_file():
+            example = samples[0].get("audio_filepath") if samples else None
+            self._safely("model", lambda: self.log_model(exp_dir / "model.bin", example))
+
+    def log_model(self, bundle: Path, example_audio: str | Path | None = None) -> Any:
+        """The bundle as the MLflow Model ``model`` of this run (``runs:/<run_id>/model``): see :mod:`asr.serving`."""
+        from asr.serving import log_model
+
+        return log_model(bundle, self.run_id, example_audio=example_audio, tracking_uri=self.client.tracking_uri)
 
 
 def save_learning_curve(exp_dir: Path) -> Path | None:
