@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from expctl import child as child_process
 from expctl import jobs
+from expctl.db import DatabaseFileWatch
 from expctl.gpus import GpuLocks, format_gpus
 from expctl.tracking import SafeTracker, get_tracker
 
@@ -35,6 +36,8 @@ SAFETY_CLAIM_S = 1.0  # try a claim at least this often even when nothing seems 
 TRACKING_SYNC_S = 30.0  # how often an idle daemon retries the tracking of jobs whose tracking failed
 WAKE_SLICE_S = 0.25  # longest uninterrupted idle wait (signals are noticed between slices)
 MAX_HEARTBEAT_S = 2.0
+DATABASE_CHECK_S = 1.0  # how often the SQLite queue file is checked (a stat)
+EXIT_DATABASE_LOST = 3
 
 
 @dataclass
@@ -189,6 +192,9 @@ class Daemon:
         self._next_touch = 0.0
         self._next_tracking_sync = 0.0
         self._tracking_refused: set[int] = set()
+        self.database = DatabaseFileWatch(engine)
+        self.fatal: str | None = None  # why the daemon must stop (its queue database is gone)
+        self._next_database_check = 0.0
 
     # -------------------------------------------------------------- signals
 
@@ -200,12 +206,25 @@ class Daemon:
     @property
     def stopping(self) -> bool:
         """Asked to stop claiming."""
-        return self.signals_received > 0
+        return self.signals_received > 0 or self.fatal is not None
 
     @property
     def stop_child(self) -> bool:
         """Asked to stop the running child too (at once, or on a second signal with --drain)."""
-        return self.signals_received > (1 if self.options.drain else 0)
+        return self.signals_received > (1 if self.options.drain else 0) or self.fatal is not None
+
+    def _check_database(self) -> None:
+        """Stop (child included) when the SQLite queue file was deleted, replaced or made read-only:
+        the job's state could no longer be recorded where other processes look for it."""
+        current = time.monotonic()
+        if self.fatal is not None or current < self._next_database_check:
+            return
+        self._next_database_check = current + DATABASE_CHECK_S
+        problem = self.database.problem()
+        if problem is not None:
+            self.fatal = problem
+            logger.error("%s: stopping (a running job is stopped too; restore the database, or enqueue again "
+                         "and its checkpoints let it resume)", problem)
 
     # -------------------------------------------------------------- main loop
 
@@ -222,6 +241,9 @@ class Daemon:
             try_claim = True
             last_claim_try = 0.0
             while not self.stopping:
+                self._check_database()
+                if self.fatal is not None:
+                    break
                 self._periodic()
                 current = time.monotonic()
                 if try_claim or current - last_claim_try >= SAFETY_CLAIM_S:
@@ -242,16 +264,17 @@ class Daemon:
         finally:
             if watcher is not None:
                 watcher.close()
-            self._sync_tracking(final=True)
-            try:
-                jobs.stop_worker(self.engine, self.worker_id)
-            except SQLAlchemyError as error:
-                logger.warning("could not record the worker's exit: %s", error)
+            if self.fatal is None:  # not into a deleted or foreign queue
+                self._sync_tracking(final=True)
+                try:
+                    jobs.stop_worker(self.engine, self.worker_id)
+                except SQLAlchemyError as error:
+                    logger.warning("could not record the worker's exit: %s", error)
             self.locks.release()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         logger.info("worker %s stopped after %d job(s)", self.worker_id, self.jobs_run)
-        return 0
+        return EXIT_DATABASE_LOST if self.fatal is not None else 0
 
     def _claim(self) -> jobs.Job | None:
         try:
@@ -353,6 +376,12 @@ class Daemon:
             code = child.wait(max(0.0, min(0.2, next_beat - time.monotonic())))
             if code is not None:
                 break
+            self._check_database()
+            if self.fatal is not None:
+                code = child.terminate(self.options.grace_s)
+                self._write_log(log_path, f"{self.fatal}: child stopped ({jobs.describe_exit(code)}); "
+                                          "nothing recorded")
+                return
             if self.stop_child:
                 code = child.terminate(self.options.grace_s)
                 reason = f"daemon {self.worker_id} stopped ({jobs.describe_exit(code)})"

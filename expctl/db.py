@@ -98,6 +98,48 @@ def create_engine(url: str | None = None, *, migrate: bool = True) -> Engine:
     return engine
 
 
+def sqlite_path(engine: Engine) -> Path | None:
+    """The SQLite database file of ``engine`` (None for PostgreSQL, memory or URI databases)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).resolve()
+
+
+class DatabaseFileWatch:
+    """Notices that a SQLite queue file was deleted, replaced (another inode), or made unwritable.
+
+    An open SQLite connection keeps working on a deleted file, so a daemon would go on alone
+    while every other process uses a new, empty queue; the daemon checks this and stops.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.path = sqlite_path(engine)
+        self.identity = self._identity() if self.path is not None else None
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            status = os.stat(self.path)  # type: ignore[arg-type]
+        except FileNotFoundError:
+            return None
+        return status.st_dev, status.st_ino
+
+    def problem(self) -> str | None:
+        """What is wrong with the file now, or None (always None for PostgreSQL)."""
+        if self.path is None:
+            return None
+        identity = self._identity()
+        if identity is None:
+            return f"the queue database {self.path} was deleted"
+        if self.identity is not None and identity != self.identity:
+            return f"the queue database {self.path} was replaced by another file"
+        if not os.access(self.path, os.W_OK) or not os.access(self.path.parent, os.W_OK):
+            return f"the queue database {self.path} (or its folder) is no longer writable"
+        return None
+
+
 def read_connection(engine: Engine) -> Connection:
     """A connection for reads only (SQLite: deferred BEGIN, so it never waits for the write lock)."""
     return engine.connect().execution_options(**{READ_ONLY_OPTION: True})

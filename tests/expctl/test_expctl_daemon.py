@@ -365,3 +365,36 @@ def test_the_listen_watcher_reconnects_after_postgresql_drops_it(pg_world: Env) 
     wait_for(lambda: status(world, job.id) == "succeeded", 30, "the new job to run")
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
+
+
+@pytest.mark.parametrize("change", ["deleted while a job runs", "replaced while idle"])
+def test_a_daemon_stops_when_its_sqlite_queue_file_is_deleted_or_replaced(world: Env, change: str) -> None:
+    """An open SQLite connection keeps working on a deleted file (split brain): the daemon notices and stops."""
+    from expctl import db
+
+    path = world.root / "queue" / "expctl.db"
+    running = change.startswith("deleted")
+    if running:
+        fast_jobs(world, 1, sleep=60)
+    daemon = world.daemon("--gpus", "none", "--grace", "2", name="watched")
+    if running:
+        child_pid = int(wait_for(lambda: world.records(), 60, "the job to start")[0][3])
+        world.engine.dispose()
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+    else:
+        wait_for(lambda: jobs.list_workers(world.engine), 60, "the daemon to register")
+        other = world.root / "other.db"
+        db.create_engine(f"sqlite:///{other}").dispose()
+        world.engine.dispose()
+        for suffix in ("-wal", "-shm"):  # or SQLite would replay the old log onto the new file
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        os.replace(other, path)
+    assert daemon.wait(30) == 3, world.daemon_logs()
+    logs = world.daemon_logs()
+    assert f"the queue database {path} was {'deleted' if running else 'replaced by another file'}: stopping" in logs
+    if running:
+        assert not pid_alive(child_pid)
+        assert "nothing recorded" in (world.root / "experiments" / "1" / "job.log").read_text()
+    else:
+        assert jobs.list_jobs(world.engine) == [] and jobs.list_workers(world.engine) == []  # nothing written there
