@@ -133,6 +133,23 @@ def evaluate(
     _run(lambda: evaluate_module.main(model=model, manifest=manifest, decoder=decoder, report=report, worst=worst))
 
 
+@app.command("export")
+def export(
+    model: str = typer.Option(..., help=MODEL_HELP + " Or models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model."),
+    fmt: str = typer.Option(..., "--format", help="saved_model or tflite."),
+    out: Path = typer.Option(..., help="Folder to create (new or empty)."),
+    quantize: str = typer.Option("none", help="none, or dynamic (tflite: int8 weights, float activations)."),
+) -> None:
+    """Export a model for deployment: SavedModel or TFLite, raw 16 kHz audio in, CTC logits out."""
+    from asr import export as export_module
+
+    def run() -> None:
+        path = export_module.export(model, fmt, out, quantize=quantize)
+        typer.echo(f"wrote {path} ({export_module.describe(path)})")
+
+    _run(run)
+
+
 @models_app.command("list")
 def models_list(
     as_json: bool = typer.Option(False, "--json", help="One JSON document: the folders searched and the models."),
