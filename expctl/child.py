@@ -24,6 +24,7 @@ SIGKILLs whatever is left in the group (before reaping it, so the group id canno
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import select
 import signal
@@ -171,9 +172,18 @@ class Child:
 
 def start(
     argv: list[str], *, env: dict[str, str], cwd: str | Path, log_path: str | Path,
-    death_grace_s: float = 5.0,
+    death_grace_s: float = 5.0, exit_record: str | Path | None = None, record_fields: dict | None = None,
 ) -> Child:
-    """Start ``argv`` under a shepherd (see the module docstring); call from the main thread."""
+    """Start ``argv`` under a shepherd (see the module docstring); call from the main thread.
+
+    With ``exit_record``, the shepherd writes ``{**record_fields, "returncode": N}`` there (atomically)
+    as soon as the app ends by itself, before the daemon even looks: an outcome that the daemon cannot
+    record (a stalled database, then its death) is not lost; a reaper commits it instead of a rerun.
+    """
+    record = None
+    if exit_record is not None:
+        head = json.dumps({**(record_fields or {}), "returncode": 0})[:-3]  # ends with '"returncode": '
+        record = (os.fsencode(str(exit_record)), head.encode())
     log_fd = os.open(str(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     executable = argv[0]
@@ -184,7 +194,8 @@ def start(
     if pid == 0:  # the shepherd: only plain system calls from here on, and always os._exit
         code = 126
         try:
-            code = _shepherd(parent_pid, executable, argv, environment, str(cwd), log_fd, null_fd, death_grace_s)
+            code = _shepherd(parent_pid, executable, argv, environment, str(cwd), log_fd, null_fd, death_grace_s,
+                             record)
         except BaseException:  # noqa: BLE001
             pass
         os._exit(code)
@@ -193,8 +204,26 @@ def start(
     return Child(pid, started_at)
 
 
+def _write_exit_record(record: tuple[bytes, bytes] | None, code: int) -> None:
+    """The app's own exit, for a reaper (temporary file + rename, so it is whole or absent)."""
+    if record is None:
+        return
+    path, head = record
+    temporary = path + b".tmp"
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(descriptor, head + str(code).encode() + b"}\n")
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.rename(temporary, path)
+    except OSError:
+        pass  # a full or unwritable folder: the daemon still records the end in the database
+
+
 def _shepherd(parent_pid: int, executable: str, argv: list[str], env: dict[str, str], cwd: str,
-              log_fd: int, null_fd: int, grace_s: float) -> int:
+              log_fd: int, null_fd: int, grace_s: float, record: tuple[bytes, bytes] | None = None) -> int:
     os.setsid()
     app_pid = 0
 
@@ -242,6 +271,7 @@ def _shepherd(parent_pid: int, executable: str, argv: list[str], env: dict[str, 
         except ChildProcessError:
             return 127
     code = os.waitstatus_to_exitcode(status)
+    _write_exit_record(record, code)
     _kill_descendants()  # what the app left behind, in its group or not (setsid), ends with it
     if code < 0:  # mirror the app's fatal signal so the daemon sees it
         signal.signal(-code, signal.SIG_DFL)

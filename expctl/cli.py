@@ -172,6 +172,8 @@ def consume(
     grace: float = typer.Option(10.0, "--grace", help="Seconds between SIGTERM and SIGKILL when stopping a job."),
     backoff: float = typer.Option(jobs.DEFAULT_BACKOFF_S, "--backoff", envvar="EXPCTL_BACKOFF",
                                   help="Base seconds of the exponential backoff before a retry."),
+    pause: float = typer.Option(30.0, "--pause", help="Seconds without claims after the work folder could "
+                                                      "not be written (the job goes back, its attempt not charged)."),
     apps: str = typer.Option(specs.DEFAULT_APP, "--apps", envvar="EXPCTL_APPS",
                              help="Comma-separated apps (python -m modules) this daemon runs; jobs of "
                                   "other apps stay queued, with the reason."),
@@ -186,7 +188,8 @@ def consume(
     if not folder.is_dir():
         raise UserError(f"--workdir {str(folder)!r} is not a folder")
     options = DaemonOptions(gpus=indices, until_empty=until_empty, once=once, lease_s=lease, poll_s=poll,
-                            drain=drain, workdir=folder, grace_s=grace, backoff_s=backoff, apps=trusted)
+                            drain=drain, workdir=folder, grace_s=grace, backoff_s=backoff, apps=trusted,
+                            pause_s=pause)
     _log_to_stderr()
     daemon = Daemon(state.engine(), options, _tracker())
     raise typer.Exit(daemon.run())

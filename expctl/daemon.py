@@ -53,6 +53,7 @@ class DaemonOptions:
     workdir: Path = field(default_factory=Path.cwd)
     grace_s: float = 10.0
     backoff_s: float = jobs.DEFAULT_BACKOFF_S
+    pause_s: float = 30.0  # no claims for this long after the work folder could not be written
     # The apps (python -m modules) this daemon runs: anyone who can write to the queue names the
     # module, so a daemon must not run every installed module on its GPUs.
     apps: tuple[str, ...] = ("asr.train",)
@@ -65,8 +66,8 @@ class DaemonOptions:
             raise UserError(f"--lease must be at least 1 second, not {self.lease_s:g}")
         if not 0.001 <= self.poll_s <= 60:
             raise UserError(f"--poll must be between 0.001 and 60 seconds, not {self.poll_s:g}")
-        if self.grace_s < 0 or self.backoff_s < 0:
-            raise UserError("--grace and --backoff must not be negative")
+        if self.grace_s < 0 or self.backoff_s < 0 or self.pause_s < 0:
+            raise UserError("--grace, --backoff and --pause must not be negative")
         if not self.apps:
             raise UserError("--apps names no app: give e.g. --apps asr.train")
 
@@ -195,6 +196,7 @@ class Daemon:
         self.database = DatabaseFileWatch(engine)
         self.fatal: str | None = None  # why the daemon must stop (its queue database is gone)
         self._next_database_check = 0.0
+        self._paused_until = 0.0  # no claims before this (monotonic): the work folder could not be written
 
     # -------------------------------------------------------------- signals
 
@@ -246,6 +248,10 @@ class Daemon:
                     break
                 self._periodic()
                 current = time.monotonic()
+                if current < self._paused_until:
+                    watcher.wait(min(WAKE_SLICE_S, self._paused_until - current), lambda: self.stopping)
+                    try_claim = True  # look again once the pause is over
+                    continue
                 if try_claim or current - last_claim_try >= SAFETY_CLAIM_S:
                     last_claim_try = current
                     job = self._claim()
@@ -288,7 +294,8 @@ class Daemon:
         if current >= self._next_reap:
             self._next_reap = current + max(0.5, min(self.options.lease_s / 2, 10.0))
             try:
-                for job, outcome in jobs.requeue_expired(self.engine, self.worker_id):
+                for job, outcome in jobs.requeue_expired(self.engine, self.worker_id, self._recorded_exit,
+                                                         self.options.backoff_s):
                     logger.info("job %d: %s", job.id, outcome.reason)
                     self._track_end(job, outcome, self.job_dir(job) / "job.log")
             except SQLAlchemyError as error:
@@ -342,6 +349,24 @@ class Daemon:
         env.update(self.tracker.child_env(job))
         return env
 
+    def exit_record(self, job: jobs.Job) -> Path:
+        """Where the shepherd writes the app's exit code (``experiments/<job>/exit.json``)."""
+        return self.job_dir(job) / "exit.json"
+
+    def _recorded_exit(self, job: jobs.Job) -> int | None:
+        """The exit code that this attempt's shepherd recorded in the job's folder, if any (for the reaper).
+        Only this machine's folder is looked at: daemons on other machines have their own."""
+        import json
+
+        try:
+            record = json.loads(self.exit_record(job).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("job") != job.id or record.get("attempt") != job.attempt \
+                or record.get("worker") != job.worker_id or not isinstance(record.get("returncode"), int):
+            return None
+        return record["returncode"]
+
     def _write_log(self, path: Path, line: str) -> None:
         with open(path, "a", encoding="utf-8") as log:
             log.write(f"=== expctl {time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
@@ -355,16 +380,25 @@ class Daemon:
             temporary = folder / f".config.yaml.{os.getpid()}"
             temporary.write_text(job.config_yaml, encoding="utf-8")
             os.replace(temporary, folder / "config.yaml")
+            self.exit_record(job).unlink(missing_ok=True)
             self._write_log(log_path, f"job {job.id} attempt {job.attempt} on {self.worker_id}, "
                                       f"GPUs {self.gpu_text or 'none'}")
         except OSError as error:
-            logger.error("job %d: cannot prepare %s: %s", job.id, folder, error)
-            self._finish(job, 1, cancelled=False, log_path=None)
+            # The folder's fault, not the job's: no attempt is burnt; the daemon pauses instead.
+            reason = f"cannot write the work folder {folder}: {error.strerror or error}"
+            logger.error("job %d: %s; back to the queue (attempt not charged); pausing %g s", job.id, reason,
+                         self.options.pause_s)
+            outcome = self._guarded(lambda: jobs.requeue_own(self.engine, job, self.worker_id, reason))
+            if outcome is not None:
+                self._track_end(job, outcome, None)
+            self._paused_until = time.monotonic() + self.options.pause_s
             return
         job = self._claim_tracking(job)
         child = child_process.start(
             self.child_command(job), env=self.child_env(job), cwd=self.options.workdir,
             log_path=log_path, death_grace_s=min(self.options.grace_s, 5.0),
+            exit_record=self.exit_record(job).resolve(),
+            record_fields={"job": job.id, "attempt": job.attempt, "worker": self.worker_id},
         )
         self._supervise(job, child, log_path)
 

@@ -17,7 +17,7 @@ import json
 import signal
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
@@ -391,6 +391,31 @@ def backoff_s(attempts_used: int, base_s: float) -> float:
     return min(base_s * (2 ** max(0, attempts_used - 1)), MAX_BACKOFF_S)
 
 
+def _ending(current: Job, returncode: int, cancelled: bool, backoff_base_s: float,
+            at: float) -> tuple[Outcome, dict[str, Any]]:
+    """How an attempt that exited with ``returncode`` ends, and the row's new values."""
+    values: dict[str, Any] = {"exit_code": returncode, "updated_at": at, "lease_expires_at": None}
+    if cancelled:
+        outcome = Outcome(CANCELLED, f"cancelled while running ({describe_exit(returncode)})")
+    elif returncode == 0:
+        outcome = Outcome(SUCCEEDED, "succeeded")
+    elif returncode == EXIT_CODE_NEVER_RETRY:
+        outcome = Outcome(FAILED, "failed: exit code 2 (bad configuration or data; not retried)")
+    elif current.cancel_requested:  # never back to the queue once a cancel is asked for
+        outcome = Outcome(CANCELLED, f"cancelled: {describe_exit(returncode)} while a cancel was pending")
+    elif current.attempts_used < current.max_attempts:
+        delay = backoff_s(current.attempts_used, backoff_base_s)
+        outcome = Outcome(QUEUED, f"{describe_exit(returncode)}; retry in {delay:g} s", retry_in=delay)
+    else:
+        outcome = Outcome(FAILED, f"failed: {describe_exit(returncode)} after {current.attempts_used} attempts")
+    values["status"] = outcome.status
+    if outcome.status == QUEUED:
+        values.update(not_before=at + (outcome.retry_in or 0.0), worker_id=None)
+    else:
+        values.update(end_reason=outcome.reason, finished_at=at)
+    return outcome, values
+
+
 def finish(
     engine: Engine, job: Job, worker_id: str, returncode: int, *,
     cancelled: bool = False, backoff_base_s: float = DEFAULT_BACKOFF_S,
@@ -409,26 +434,7 @@ def finish(
             add_event(connection, job.id, "fenced", f"stale finish ({describe_exit(returncode)}) ignored",
                       attempt=job.attempt, worker_id=worker_id, at=at)
             return None
-        current = Job.from_row(row)
-        values: dict[str, Any] = {"exit_code": returncode, "updated_at": at, "lease_expires_at": None}
-        if cancelled:
-            outcome = Outcome(CANCELLED, f"cancelled while running ({describe_exit(returncode)})")
-        elif returncode == 0:
-            outcome = Outcome(SUCCEEDED, "succeeded")
-        elif returncode == EXIT_CODE_NEVER_RETRY:
-            outcome = Outcome(FAILED, "failed: exit code 2 (bad configuration or data; not retried)")
-        elif current.cancel_requested:  # never back to the queue once a cancel is asked for
-            outcome = Outcome(CANCELLED, f"cancelled: {describe_exit(returncode)} while a cancel was pending")
-        elif current.attempts_used < current.max_attempts:
-            delay = backoff_s(current.attempts_used, backoff_base_s)
-            outcome = Outcome(QUEUED, f"{describe_exit(returncode)}; retry in {delay:g} s", retry_in=delay)
-        else:
-            outcome = Outcome(FAILED, f"failed: {describe_exit(returncode)} after {current.attempts_used} attempts")
-        values["status"] = outcome.status
-        if outcome.status == QUEUED:
-            values.update(not_before=at + (outcome.retry_in or 0.0), worker_id=None)
-        else:
-            values.update(end_reason=outcome.reason, finished_at=at)
+        outcome, values = _ending(Job.from_row(row), returncode, cancelled, backoff_base_s, at)
         connection.execute(update(jobs).where(_fence(job, worker_id)).values(**values))
         add_event(connection, job.id, "retry" if outcome.status == QUEUED else outcome.status, outcome.reason,
                   attempt=job.attempt, worker_id=worker_id, at=at)
@@ -473,8 +479,16 @@ def requeue_own(engine: Engine, job: Job, worker_id: str, reason: str) -> Outcom
     return outcome
 
 
-def requeue_expired(engine: Engine, worker_id: str | None = None) -> list[tuple[Job, Outcome]]:
-    """Put back running jobs whose lease expired (their daemon died); fail those out of attempts."""
+def requeue_expired(
+    engine: Engine, worker_id: str | None = None, recorded_exit: Callable[[Job], int | None] | None = None,
+    backoff_base_s: float = DEFAULT_BACKOFF_S,
+) -> list[tuple[Job, Outcome]]:
+    """Put back running jobs whose lease expired (their daemon died); fail those out of attempts.
+
+    ``recorded_exit(job)`` gives the exit code the job's shepherd wrote to the job folder when its
+    app ended (None if none): such a job has finished, so its end is committed instead of a rerun
+    (its daemon could not record it in time: a stalled database, then death).
+    """
     at = now()
     done: list[tuple[Job, Outcome]] = []
     # Also queued jobs with a pending cancel (an older expctl requeued them so, and its claim cleared it):
@@ -500,7 +514,14 @@ def requeue_expired(engine: Engine, worker_id: str | None = None) -> list[tuple[
                     add_event(connection, job.id, CANCELLED, reason, attempt=job.attempt, worker_id=worker_id, at=at)
                     done.append((job, Outcome(CANCELLED, reason)))
                 continue
-            if job.cancel_requested:  # its daemon died before it could stop the child: cancel sticks
+            code = recorded_exit(job) if recorded_exit is not None else None
+            if code is not None:
+                outcome, values = _ending(job, code, False, backoff_base_s, at)
+                outcome = Outcome(outcome.status, f"{outcome.reason} (recorded by its shepherd; worker "
+                                                  f"{job.worker_id} stopped heartbeating)", outcome.retry_in)
+                if outcome.status != QUEUED:
+                    values["end_reason"] = outcome.reason
+            elif job.cancel_requested:  # its daemon died before it could stop the child: cancel sticks
                 outcome = Outcome(CANCELLED, f"cancelled: worker {job.worker_id} stopped heartbeating "
                                              f"(lease expired {since:.0f} s ago) while a cancel was pending")
                 values: dict[str, Any] = {"status": CANCELLED, "end_reason": outcome.reason, "finished_at": at}
@@ -515,8 +536,8 @@ def requeue_expired(engine: Engine, worker_id: str | None = None) -> list[tuple[
             values.update(lease_expires_at=None, updated_at=at)
             guard = and_(jobs.c.id == job.id, jobs.c.attempt == job.attempt, jobs.c.status == RUNNING)
             if connection.execute(update(jobs).where(guard).values(**values)).rowcount == 1:
-                add_event(connection, job.id, CANCELLED if outcome.status == CANCELLED else "lost", outcome.reason,
-                          attempt=job.attempt, worker_id=worker_id, at=at)
+                kind = "recovered" if code is not None else CANCELLED if outcome.status == CANCELLED else "lost"
+                add_event(connection, job.id, kind, outcome.reason, attempt=job.attempt, worker_id=worker_id, at=at)
                 if job.worker_id:
                     connection.execute(
                         update(workers).where(workers.c.id == job.worker_id, workers.c.status == RUNNING)

@@ -398,3 +398,46 @@ def test_a_daemon_stops_when_its_sqlite_queue_file_is_deleted_or_replaced(world:
         assert "nothing recorded" in (world.root / "experiments" / "1" / "job.log").read_text()
     else:
         assert jobs.list_jobs(world.engine) == [] and jobs.list_workers(world.engine) == []  # nothing written there
+
+
+def test_an_exit_the_daemon_could_not_record_is_committed_by_the_reaper_not_rerun(world: Env) -> None:
+    """The database is locked when the child exits and its daemon dies before it can record the end:
+    the shepherd's exit record (experiments/<id>/exit.json) lets the next daemon commit it."""
+    import sqlite3
+
+    [job] = fast_jobs(world, 1, sleep=1.5)
+    victim = world.daemon("--gpus", "none", "--lease", "2", name="victim")
+    wait_for(lambda: world.records(), 60, "the job to start")
+    locker = sqlite3.connect(world.root / "queue" / "expctl.db", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # an external writer stalls the database
+    record = world.root / "experiments" / str(job.id) / "exit.json"
+    try:
+        wait_for(record.exists, 30, "the shepherd's exit record")
+        victim.send_signal(signal.SIGKILL)  # it never records the end
+        victim.wait(10)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert status(world, job.id) == "running"
+    rescuer = world.daemon("--gpus", "none", "--lease", "5", "--until-empty", name="rescuer")
+    assert rescuer.wait(120) == 0, world.daemon_logs()
+    done = jobs.get_job(world.engine, job.id)
+    assert (done.status, done.attempt, done.exit_code) == ("succeeded", 1, 0), world.daemon_logs()
+    assert "recorded by its shepherd" in done.end_reason
+    assert len(world.records()) == 1  # it did not run again
+    assert [event["kind"] for event in jobs.events(world.engine, job.id)][-1] == "recovered"
+
+
+def test_an_unwritable_work_folder_pauses_the_daemon_and_burns_no_attempt(world: Env) -> None:
+    created = fast_jobs(world, 2, max_attempts=1)
+    blocker = world.root / "experiments"
+    blocker.write_text("a file where the jobs' folders should go\n")
+    daemon = world.daemon("--gpus", "none", "--until-empty", "--pause", "1", name="paused")
+    wait_for(lambda: "pausing 1 s" in world.daemon_logs(), 60, "the daemon to pause")
+    time.sleep(2.5)  # it tries again after each pause, charging nothing
+    assert {(job.status, job.attempts_used) for job in jobs.list_jobs(world.engine)} == {("queued", 0)}
+    assert "cannot write the work folder" in world.daemon_logs()
+    blocker.unlink()
+    assert daemon.wait(120) == 0, world.daemon_logs()
+    assert {(job.status, job.attempts_used) for job in jobs.list_jobs(world.engine)} == {("succeeded", 1)}
+    assert_exactly_once(world, [job.id for job in created])
