@@ -28,6 +28,7 @@ from expctl import child as child_process
 from expctl import jobs
 from expctl.db import DatabaseFileWatch
 from expctl.gpus import GpuLocks, format_gpus
+from expctl.specs import DEFAULT_APP
 from expctl.tracking import SafeTracker, get_tracker
 
 logger = logging.getLogger("expctl.daemon")
@@ -56,7 +57,7 @@ class DaemonOptions:
     pause_s: float = 30.0  # no claims for this long after the work folder could not be written
     # The apps (python -m modules) this daemon runs: anyone who can write to the queue names the
     # module, so a daemon must not run every installed module on its GPUs.
-    apps: tuple[str, ...] = ("asr.train",)
+    apps: tuple[str, ...] = (DEFAULT_APP,)
 
     def validate(self) -> None:
         """Refuse nonsense values."""
