@@ -21,12 +21,12 @@ import logging
 import re
 import tempfile
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
@@ -107,10 +107,8 @@ def _missing(value: Any) -> bool:
                                                                                and not value.strip())
 
 
-def as_frame(model_input: Any) -> Any:
+def as_frame(model_input: Any) -> pd.DataFrame:
     """A DataFrame from what ``predict`` may be given: a DataFrame, a dict of columns, a list of rows or paths."""
-    import pandas as pd
-
     if isinstance(model_input, pd.DataFrame):
         return model_input
     if isinstance(model_input, dict):
@@ -202,7 +200,8 @@ class AsrPyfuncModel(mlflow.pyfunc.PythonModel):
 
         self.transcriber = Transcriber(load_model(context.artifacts[BUNDLE_ARTIFACT]))
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 - no hints: the signature is explicit
+    # A DataFrame hint: MLflow infers no schema from it (the signature is explicit) and stops warning
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None):  # noqa: ANN201
         return self.transcriber(model_input)
 
 
@@ -210,7 +209,6 @@ def input_example(audio: str | Path | None = None) -> Any:
     """A one-row example: ``audio`` (up to 2 s of it) as base64 WAV, so the example travels with the model."""
     import io
 
-    import pandas as pd
     import soundfile
 
     rate = 16000
@@ -260,12 +258,10 @@ def log_model(bundle: str | Path, run_id: str, example_audio: str | Path | None 
         # The logged model must live in the run's experiment (Model.log alone would use the active one)
         experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
         logged = mlflow.initialize_logged_model(name=MODEL_NAME, source_run_id=run_id, experiment_id=experiment_id)
-        with warnings.catch_warnings():  # "add type hints to predict": the signature is given explicitly
-            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
-            return Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
-                             model_id=logged.model_id, python_model=str(MODEL_CODE),
-                             artifacts={BUNDLE_ARTIFACT: str(bundle)}, signature=SIGNATURE,
-                             input_example=input_example(example_audio), pip_requirements=pip_requirements())
+        return Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
+                         model_id=logged.model_id, python_model=str(MODEL_CODE),
+                         artifacts={BUNDLE_ARTIFACT: str(bundle)}, signature=SIGNATURE,
+                         input_example=input_example(example_audio), pip_requirements=pip_requirements())
     finally:
         if tracking_uri:
             mlflow.set_tracking_uri(previous)

@@ -24,8 +24,6 @@ from asr.data.synth import synthesize_corpus
 from tests.test_pipeline_end_to_end import tiny_configuration
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
-                                        "ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +86,8 @@ def test_a_training_run_logs_an_mlflow_model_that_transcribes(run):
     encoded = base64.b64encode(run["wavs"][1].read_bytes()).decode("ascii")  # base64 WAV bytes, one path
     assert model.predict(frame({"audio": [encoded, str(run["wavs"][0])],
                                 "decoder": ["greedy", None]})) == [expected[1], expected[0]]
+    beam = model.predict(frame({"audio": [str(run["wavs"][2])], "decoder": ["beam"]}))
+    assert len(beam) == 1 and isinstance(beam[0], str)
     import pandas as pd
 
     assert model.predict(pd.DataFrame({"audio": pd.Series([], dtype=object)})) == []
@@ -189,17 +189,7 @@ def test_mlflow_models_serve_answers_over_http(run, tmp_path):
                                                                    # it runs `uvicorn` from PATH: the venv's
                                                                    PATH=f"{MLFLOW.parent}:{os.environ['PATH']}"))
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, f"server exited {server.returncode}: {log_path.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no /ping after 300 s: {log_path.read_text()[-3000:]}"
-            time.sleep(1)
+        wait_for_http(server, f"{url}/ping", log_path)
         expected = run["pipeline"](run["wavs"][:2])
         rows = [{"audio": str(path)} for path in run["wavs"][:2]]
         assert post(f"{url}/invocations", {"dataframe_records": rows}) == (200, {"predictions": expected})
@@ -218,10 +208,73 @@ def test_mlflow_models_serve_answers_over_http(run, tmp_path):
         assert post(f"{url}/invocations", {"dataframe_records": rows[:1]}) == (200, {"predictions": expected[:1]})
         assert server.poll() is None
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        stop(server)
+
+
+@pytest.mark.slow
+def test_a_run_logged_to_an_mlflow_server_loads_from_its_registry(run, tmp_path, monkeypatch):
+    """The queue's setting: runs live on a real ``mlflow server`` (artifacts proxied over HTTP)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    import asr
+    from asr.tracking import MlflowRunLogger
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "server.log"
+    command = [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+               "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  cwd=tmp_path, start_new_session=True,
+                                  env=dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true",
+                                           MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+                                           PATH=f"{MLFLOW.parent}:{os.environ['PATH']}"))
+    previous = mlflow.get_tracking_uri()
+    try:
+        wait_for_http(server, f"{url}/health", log_path)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        mlflow.set_tracking_uri(url)
+        client = MlflowClient(url)
+        run_id = client.create_run(client.create_experiment("served")).info.run_id
+        exp_dir = run["folder"] / "exp"
+        MlflowRunLogger(run_id, url).log_outputs(exp_dir, {"epochs_run": 1})
+        assert client.get_run(run_id).outputs.model_outputs, "the model was not logged"
+        mlflow.register_model(f"runs:/{run_id}/model", "asr-served")
+        client.set_registered_model_alias("asr-served", "champion", "1")
+        expected = run["pipeline"](run["wavs"][:2])
+        assert asr.load_model("models:/asr-served@champion")(run["wavs"][:2]) == expected
+        assert mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(
+            frame({"audio": [str(path) for path in run["wavs"][:2]]})) == expected
+    finally:
+        mlflow.set_tracking_uri(previous)
+        stop(server)
+
+
+def wait_for_http(server: subprocess.Popen, url: str, log_path: Path, timeout: float = 300) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's log if it exits or never answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.poll() is None, f"server exited {server.returncode}: {log_path.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"no answer from {url} after {timeout:g} s: {log_path.read_text()[-3000:]}"
+        time.sleep(1)
+
+
+def stop(server: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (we started it in its own session), SIGKILL after 20 s."""
+    if server.poll() is not None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
