@@ -319,11 +319,12 @@ def update_bundle(bundle_path: Path, decoder_values: dict, language_model: Optio
 
     from omegaconf import OmegaConf
 
-    from asr.bundle import CONFIGURATION_ENTRY, LM_FOLDER
+    from asr.bundle import CONFIGURATION_ENTRY, LM_FOLDER, check_sizes
 
     if language_model is not None and not language_model.is_file():
         raise UserError(f"language model not found: {language_model}")
     with zipfile.ZipFile(bundle_path) as archive:
+        check_sizes(bundle_path, archive)  # a bomb is refused before anything is read into memory
         entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
     configuration = OmegaConf.create(
         next(data for info, data in entries if info.filename == CONFIGURATION_ENTRY).decode("utf-8"))

@@ -165,7 +165,8 @@ def latency(folder: Path, samples: int, poll: float) -> tuple[list[float], list[
     env = _child_env(record)
     env.update(EXPCTL_DB_URL=url, EXPCTL_LOCK_DIR=str(folder / "locks"), EXPCTL_WORKDIR=str(folder))
     startup_env = _child_env(startup_record)
-    daemon = subprocess.Popen([sys.executable, "-m", "expctl", "consume", "--gpus", "none", "--poll", str(poll)],
+    daemon = subprocess.Popen([sys.executable, "-m", "expctl", "consume", "--gpus", "none", "--poll", str(poll),
+                               "--apps", "expctl_fastapp"],
                               cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     delays, to_claim, startups = [], [], []
     try:

@@ -181,7 +181,8 @@ class World:
     def daemon(self, *args: str, **env: str) -> subprocess.Popen:
         """Start ``expctl consume --gpus none ARGS`` (its output goes to a file: ``process.log``)."""
         log = open(self.root / f"daemon-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115 - closed by finish()
-        process = subprocess.Popen([sys.executable, "-m", "expctl", "consume", "--gpus", "none", *args],
+        process = subprocess.Popen([sys.executable, "-m", "expctl", "consume", "--gpus", "none",
+                                    "--apps", "asr.train,expctl_testapp", *args],
                                    cwd=self.root, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         process.log = log  # type: ignore[attr-defined]
