@@ -23,6 +23,7 @@ PY
 asr lm build --order 3 --text "$corpus/lm.txt" --out "$corpus/lm.arpa"
 cp "$run/model.bin" "$corpus/en.bin"
 asr lm tune --model "$corpus/en.bin" --manifest "$corpus/dev.jsonl" --lm "$corpus/lm.arpa" --trials "${TRIALS:-16}"
-mkdir -p asr/pretrained
-cp "$corpus/en.bin" asr/pretrained/en.bin
-ls -l asr/pretrained/en.bin
+dest=${DEST:-asr/pretrained/en.bin}
+mkdir -p "$(dirname "$dest")"
+cp "$corpus/en.bin" "$dest"
+ls -l "$dest"
