@@ -1,7 +1,7 @@
 # make demo: the whole platform on the embedded defaults (SQLite queue, local MLflow store,
 #            offline synthetic corpus). make test: the test suite.
 # make voices: the speech tools behind the flite training voices and bench/quality.py (needs apt and root or
-#            sudo): flite, Festival and its voices (kept for evaluation only), fortunes,
+#            sudo): flite, Festival and its voices (kept for evaluation only), fortunes, wordnet-base,
 #            pocketsphinx-testdata, and PocketSphinx in the venv (pip extra 'bench'). demo and test never need it.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 voices: $(VENV)/.installed
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y flite festival festvox-kdlpc16k \
-		festvox-kallpc16k festvox-us-slt-hts fortunes pocketsphinx-testdata
+		festvox-kallpc16k festvox-us-slt-hts fortunes wordnet-base pocketsphinx-testdata
 	$(PYTHON) -m pip install --quiet -e '.[bench]'
 
 clean:

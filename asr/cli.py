@@ -44,7 +44,7 @@ def data_synth(
     seed: int = typer.Option(0, help="Same seed, same corpus."),
     jobs: int = typer.Option(2, help="Worker processes."),
     engines: str = typer.Option("espeak", help="Comma-separated synthesizers: espeak, flite (Debian flite: make voices)."),
-    text: str = typer.Option("generator", help="Comma-separated text sources: generator, fortunes (Debian fortunes)."),
+    text: str = typer.Option("generator", help="Comma-separated text sources: generator, fortunes, wordnet (Debian fortunes, wordnet-base)."),
     room: float = typer.Option(0.0, help="Share of utterances given a simulated room, band limit or noise (0..1)."),
     splits: str = typer.Option("train=0.8,dev=0.1,test=0.1", help="Split shares, name=fraction,..."),
 ) -> None:
@@ -136,11 +136,11 @@ def evaluate(
 @app.command("export")
 def export(
     model: str = typer.Option(..., help=MODEL_HELP + " Or models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/model."),
-    fmt: str = typer.Option(..., "--format", help="saved_model or tflite."),
+    fmt: str = typer.Option(..., "--format", help="saved_model, tflite, or onnx (needs: pip install tf2onnx onnx)."),
     out: Path = typer.Option(..., help="Folder to create (new or empty)."),
     quantize: str = typer.Option("none", help="none, or dynamic (tflite: int8 weights, float activations)."),
 ) -> None:
-    """Export a model for deployment: SavedModel or TFLite, raw 16 kHz audio in, CTC logits out."""
+    """Export a model for deployment: SavedModel, TFLite or ONNX; raw 16 kHz audio in, CTC logits out."""
     from asr import export as export_module
 
     def run() -> None:

@@ -117,3 +117,20 @@ def test_bad_engine_text_or_room_is_one_clear_error(tmp_path: Path) -> None:
         synthesize_corpus(tmp_path, count=2, seed=0, text="wikipedia", quiet=True)
     with pytest.raises(UserError, match="--room"):
         synthesize_corpus(tmp_path, count=2, seed=0, room=1.5, quiet=True)
+
+
+def test_wordnet_examples_are_read_from_the_glosses(tmp_path: Path) -> None:
+    for part in ("noun", "verb", "adj", "adv"):
+        (tmp_path / f"data.{part}").write_text("  1 This software and database is provided AS IS\n")
+    (tmp_path / "data.verb").write_text(
+        '00001740 29 v 04 breathe 0 take_a_breath 0 | draw air into, and expel out of, the lungs; '
+        '"I can breathe better when the air is clean"; "The patient is respiring"\n')
+    assert texts.wordnet_sentences(tmp_path) == ("i can breathe better when the air is clean",
+                                                 "the patient is respiring")
+
+
+@pytest.mark.skipif(not texts.WORDNET_DIR.is_dir(), reason="Debian wordnet-base is not installed (make voices)")
+def test_three_text_sources_share_the_corpus() -> None:
+    pairs = corpus_sentences(90, seed=1, sources=("generator", "fortunes", "wordnet"))
+    assert sorted(source for _, source in pairs) == ["fortunes"] * 30 + ["generator"] * 30 + ["wordnet"] * 30
+    assert len({text for text, _ in pairs}) == 90

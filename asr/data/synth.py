@@ -4,7 +4,8 @@ Engines: ``espeak`` (no apt needed) and ``flite`` (Debian's ``flite``: voices ka
 rms, slt; ``make voices``). Festival is deliberately not an engine here: its voices are kept for
 evaluation only (``bench/quality.py``), so that a synthesizer the model never heard stays
 measurable. Text sources: ``generator`` (``asr.data.sentences``) and ``fortunes`` (natural
-sentences, ``asr.data.texts``), mixed in equal shares (fortunes up to what is installed).
+sentences, ``asr.data.texts``) and ``wordnet`` (WordNet's example sentences), mixed in equal
+shares (natural ones up to what is installed).
 ``room`` is the share of utterances that get a simulated room, a band-limited channel and/or
 noise at a random SNR (``asr.augment``), baked into the WAV.
 
@@ -45,7 +46,7 @@ import soxr
 
 from asr.augment import add_noise, band_limit, colored_noise, reverberate
 from asr.data.sentences import generate_sentences
-from asr.data.texts import fortune_sentences
+from asr.data.texts import fortune_sentences, wordnet_sentences
 from asr.errors import UserError
 
 SAMPLE_RATE = 16_000
@@ -72,7 +73,8 @@ VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3"
             "john", "linda", "max", "michel", "norbert", "paul", "pedro", "quincy", "robert",
             "steph", "travis", "victor", "zac")
 ENGINES = ("espeak", "flite")
-TEXT_SOURCES = ("generator", "fortunes")
+TEXT_SOURCES = ("generator", "fortunes", "wordnet")
+NATURAL_TEXTS = {"fortunes": fortune_sentences, "wordnet": wordnet_sentences}
 # flite's English voices (Debian flite 2.2); awb_time only speaks times of day.
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 _FLITE_MEAN_PITCH = {"kal": 105.0, "kal16": 105.0, "awb": 110.0, "rms": 100.0, "slt": 170.0}  # Hz
@@ -279,26 +281,28 @@ def _synthesize_block(out_dir: str, seed: int, items: list[tuple[int, str, str]]
 
 
 def corpus_sentences(count: int, seed: int, sources: Sequence[str]) -> list[tuple[str, str]]:
-    """``count`` distinct (text, source) pairs, the sources in equal shares (fortunes up to what exists).
+    """``count`` distinct (text, source) pairs, the sources in equal shares (natural ones up to what exists).
 
     With one source the order is that source's own; with several, the pairs are shuffled from the
     seed so that every split holds each source.
     """
     if list(sources) == ["generator"]:
         return [(text, "generator") for text in generate_sentences(count, seed)]
-    natural: list[str] = []
-    if "fortunes" in sources:
-        natural = list(fortune_sentences())
-        random.Random(f"asr-synth-text:{seed}").shuffle(natural)
-        natural = natural[: count if len(sources) == 1 else min(len(natural), count // len(sources))]
-        if len(sources) == 1 and len(natural) < count:
-            raise UserError(f"only {len(natural)} fortune sentences are installed; ask for fewer with --count "
-                            "or add --text generator")
-    pairs = [(text, "fortunes") for text in natural]
+    pairs: list[tuple[str, str]] = []
+    taken: set[str] = set()
+    for source in (name for name in TEXT_SOURCES if name != "generator" and name in sources):
+        natural = [text for text in NATURAL_TEXTS[source]() if text not in taken]
+        suffix = "" if source == "fortunes" else f":{source}"  # fortunes corpora keep their seed's texts
+        random.Random(f"asr-synth-text:{seed}{suffix}").shuffle(natural)
+        share = count - len(pairs) if len(sources) == 1 else count // len(sources)
+        pairs += [(text, source) for text in natural[:share]]
+        taken.update(text for text, _ in pairs)
     if "generator" in sources:
-        taken = set(natural)
-        generated = [text for text in generate_sentences(count + len(natural), seed) if text not in taken]
+        generated = [text for text in generate_sentences(count + len(pairs), seed) if text not in taken]
         pairs += [(text, "generator") for text in generated[: count - len(pairs)]]
+    if len(pairs) < count:
+        raise UserError(f"only {len(pairs)} distinct sentences are installed for --text {','.join(sources)}; "
+                        "ask for fewer with --count or add --text generator")
     random.Random(f"asr-synth-mix:{seed}").shuffle(pairs)
     return pairs
 

@@ -5,7 +5,9 @@ literature, proverbs; install with ``make voices``): entries are split into sent
 normalised to the default alphabet (lower case a-z, apostrophe, single spaces). A sentence is
 kept only if nothing but punctuation had to be dropped: one holding digits, symbols or
 abbreviations would be read differently from its transcript, so it is skipped rather than
-guessed at. The result is sorted and de-duplicated, so it depends only on the installed files.
+guessed at. ``wordnet`` reads the example sentences of Debian's ``wordnet-base`` (the quoted
+examples in WordNet's glosses, e.g. "she choked with emotion when she spoke"), normalised alike.
+Each result is sorted and de-duplicated, so it depends only on the installed files.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from asr.errors import UserError
 from asr.text import normalize_transcript
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
+WORDNET_DIR = Path("/usr/share/wordnet")
 # Files of pictures or other languages, not English prose.
 _SKIPPED_FORTUNE_FILES = frozenset({"ascii-art", "art", "translate-me", "perl", "linuxcookie"})
 MIN_WORDS, MAX_WORDS = 4, 16
@@ -28,6 +31,7 @@ _DROPPED_PUNCTUATION = re.compile(r"[.,;:!?\"()\[\]]")
 _WORD_JOINERS = re.compile(r"\s*(--|[-\u2013\u2014/])\s*")
 _STRAY_APOSTROPHES = re.compile(r"(^|\s)'+|'+(\s|$)")
 _ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyz' ")
+_WORDNET_EXAMPLE = re.compile(r'"([^"]+)"')
 
 
 def normalize_sentence(raw: str) -> str | None:
@@ -62,6 +66,24 @@ def fortune_sentences(folder: Path = FORTUNES_DIR) -> tuple[str, ...]:
     for path in files:
         for entry in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
             for raw in split_sentences(entry):
+                sentence = normalize_sentence(raw)
+                if sentence:
+                    sentences.add(sentence)
+    return tuple(sorted(sentences))
+
+
+@functools.lru_cache(maxsize=2)
+def wordnet_sentences(folder: Path = WORDNET_DIR) -> tuple[str, ...]:
+    """Every usable example sentence of WordNet's glosses in ``folder``, sorted and distinct."""
+    files = [folder / f"data.{part}" for part in ("noun", "verb", "adj", "adv")]
+    if not all(path.is_file() for path in files):
+        raise UserError(f"no WordNet data in {folder}: install Debian's wordnet-base package (make voices)")
+    sentences = set()
+    for path in files:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("  "):  # the licence header
+                continue
+            for raw in _WORDNET_EXAMPLE.findall(line.partition("|")[2]):
                 sentence = normalize_sentence(raw)
                 if sentence:
                     sentences.add(sentence)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Turn the recipe's trained run (experiments/en/model.bin) into the packaged model asr/pretrained/en.bin:
-# a 3-gram LM of the training transcripts plus the fortunes the corpus did not use (never the dev or
-# test sentences), its weights tuned on the dev split (training voices only: Festival never enters).
+# a 3-gram LM of the training transcripts, the fortunes the corpus did not use and WordNet's example
+# sentences (never a dev or test sentence), its weights tuned on the dev split (training voices only: Festival never enters).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 corpus=${CORPUS:-data/en}
@@ -9,16 +9,17 @@ run=${RUN:-experiments/en}
 python - "$corpus" <<'PY'
 import json, sys
 from pathlib import Path
-from asr.data.texts import fortune_sentences
+from asr.data.texts import fortune_sentences, wordnet_sentences
 corpus = Path(sys.argv[1])
 def texts(name):
     return [json.loads(line)["text"] for line in (corpus / f"{name}.jsonl").read_text().splitlines()]
 held_out = set(texts("dev")) | set(texts("test"))
-unused = [text for text in fortune_sentences() if text not in set(texts("all"))]
-lines = texts("train") + unused
-assert not held_out & set(lines)
+in_corpus = set(texts("all"))
+extra = [text for text in (*fortune_sentences(), *wordnet_sentences()) if text not in in_corpus]
+lines = [text for text in (*texts("train"), *extra) if text not in held_out]
 (corpus / "lm.txt").write_text("\n".join(lines) + "\n")
-print(f"LM text: {len(lines)} sentences ({len(unused)} unused fortunes), none from dev or test")
+print(f"LM text: {len(lines)} sentences (training split + {len(extra)} fortunes and WordNet examples "
+      "the corpus did not use), none from dev or test")
 PY
 asr lm build --order 3 --text "$corpus/lm.txt" --out "$corpus/lm.arpa"
 cp "$run/model.bin" "$corpus/en.bin"
