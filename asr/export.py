@@ -2,6 +2,7 @@
 
     asr export --model en --format saved_model --out exported/en
     asr export --model experiments/1/model.bin --format tflite --quantize dynamic --out exported/en-int8
+    asr export --model models:/asr-en@champion --format onnx --out exported/en-onnx   # pip install tf2onnx onnx
 
 Both take raw audio, not features: float32 samples at the model's sample rate (16 kHz; the caller
 resamples), zero-padded to a batch ``audio [B, N]`` with the true sample counts
@@ -15,7 +16,8 @@ The SavedModel has two signatures: ``serving_default`` (audio -> logits) and ``t
 (audio -> greedy transcripts, ``tf.string [B]``). TFLite has the logits signature only (TFLite has
 no string ops worth shipping); ``--quantize dynamic`` stores weights as int8 (dynamic-range
 quantisation), activations stay float. The Keras GRU/LSTM loops (``ProjectedGRU`` included) become
-TFLite ``WHILE`` loops with builtin ops only.
+TFLite ``WHILE`` loops with builtin ops only. ONNX (opset 17, through tf2onnx, an optional
+dependency) has the logits signature with any batch size; its spectrum is a DFT as matrix products.
 
 Each export writes ``alphabet.txt`` (CTC label ``i + 1`` is its symbol ``i``) and ``export.json``
 (format, input, outputs, sample rate, feature settings, source bundle) next to the model.
@@ -33,9 +35,11 @@ import numpy as np
 
 from asr.errors import UserError
 
-FORMATS = ("saved_model", "tflite")
+FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZE = ("none", "dynamic")
 TFLITE_FILE = "model.tflite"
+ONNX_FILE = "model.onnx"
+ONNX_OPSET = 17
 EPSILON = 1e-6  # as asr.audio
 AMIN = 1e-10  # librosa.power_to_db defaults: amin, ref=1.0, top_db=80
 TOP_DB = 80.0
@@ -44,7 +48,7 @@ TOP_DB = 80.0
 class TFFeatures:
     """:func:`asr.audio.compute_features` in TensorFlow ops, batched over zero-padded audio."""
 
-    def __init__(self, features_config: Any, matmul: bool = True) -> None:
+    def __init__(self, features_config: Any, matmul: bool = True, fft: bool = True) -> None:
         import librosa
         import scipy.fft
 
@@ -73,6 +77,12 @@ class TFFeatures:
         # dynamic-range quantisation turns the input of every matrix product into int8 on the fly,
         # which wrecks power spectra spanning 1e-10..1e3; the front end must stay float.
         self.matmul = matmul
+        # With fft=False the spectrum is a DFT written as two matrix products (cosine, sine): tf2onnx
+        # cannot convert TensorFlow's RFFT with dynamic shapes, a matrix product it can.
+        self.fft = fft
+        if not fft:
+            phase = 2 * np.pi * np.outer(np.arange(self.n_fft), np.arange(self.n_fft // 2 + 1)) / self.n_fft
+            self.cosine, self.sine = np.cos(phase).astype(np.float32), np.sin(phase).astype(np.float32)
 
     def _product(self, values: Any, matrix: np.ndarray) -> Any:
         import tensorflow as tf
@@ -97,8 +107,12 @@ class TFFeatures:
         audio = tf.where(positions < audio_length[:, None], audio, 0.0)  # zero beyond each length
         padded = tf.pad(audio, [[0, 0], [half, half]])  # librosa: center=True, pad_mode="constant"
         frames = tf.signal.frame(padded, self.n_fft, self.hop) * self.window  # [B, T, n_fft]
-        spectrum = tf.signal.rfft(frames, fft_length=[self.n_fft])
-        power = tf.math.square(tf.math.real(spectrum)) + tf.math.square(tf.math.imag(spectrum))
+        if self.fft:
+            spectrum = tf.signal.rfft(frames, fft_length=[self.n_fft])
+            power = tf.math.square(tf.math.real(spectrum)) + tf.math.square(tf.math.imag(spectrum))
+        else:
+            power = (tf.math.square(tf.tensordot(frames, self.cosine, axes=1))
+                     + tf.math.square(tf.tensordot(frames, self.sine, axes=1)))
         mel = self._product(power, self.mel)  # [B, T, n_mels]
         lengths = self.frame_lengths(audio_length)
         valid = tf.sequence_mask(lengths, tf.shape(mel)[1])[:, :, None]  # [B, T, 1]
@@ -121,9 +135,9 @@ class TFFeatures:
 class AudioModel:
     """The Keras model behind TensorFlow feature extraction: audio -> logits, and greedy transcripts."""
 
-    def __init__(self, pipeline: Any, quantized: bool = False) -> None:
+    def __init__(self, pipeline: Any, quantized: bool = False, fft: bool = True) -> None:
         self.pipeline = pipeline
-        self.features = TFFeatures(pipeline.configuration.config.features, matmul=not quantized)
+        self.features = TFFeatures(pipeline.configuration.config.features, matmul=not quantized, fft=fft)
         self.symbols = ["", *pipeline.alphabet.symbols]
 
     def logits(self, audio: Any, audio_length: Any) -> dict[str, Any]:
@@ -198,6 +212,28 @@ def convert_to_tflite(pipeline: Any, path: Path, quantize: str = "none") -> Path
     return path
 
 
+def convert_to_onnx(pipeline: Any, path: Path) -> Path:
+    """An ONNX model (inputs audio, audio_length; outputs logits, logit_length; any batch) at ``path``.
+
+    Needs ``tf2onnx`` and ``onnx`` (not dependencies of asr: ``pip install tf2onnx onnx``).
+    """
+    try:
+        import tf2onnx
+    except ImportError:
+        raise UserError("--format onnx needs tf2onnx and onnx: pip install tf2onnx onnx") from None
+    import tensorflow as tf
+
+    wrapped = AudioModel(pipeline, fft=False)
+    function = tf.function(wrapped.logits, input_signature=_signature())
+    try:
+        tf2onnx.convert.from_function(function, input_signature=_signature(), opset=ONNX_OPSET,
+                                      output_path=str(path))
+    except Exception as error:  # noqa: BLE001 - the converter's errors are long
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"ONNX conversion failed: {first}") from None
+    return path
+
+
 def export(model: str, fmt: str, out: str | Path, quantize: str = "none") -> Path:
     """``asr export``: write ``fmt`` (saved_model, tflite) of ``model`` (name, bundle, models:/ or runs:/ URI) to ``out``."""
     from asr.models_registry import resolve_model_path
@@ -220,6 +256,9 @@ def export(model: str, fmt: str, out: str | Path, quantize: str = "none") -> Pat
         if fmt == "saved_model":
             save_tf_model(pipeline, scratch)
             model_file = "."
+        elif fmt == "onnx":
+            convert_to_onnx(pipeline, scratch / ONNX_FILE)
+            model_file = ONNX_FILE
         else:
             convert_to_tflite(pipeline, scratch / TFLITE_FILE, quantize)
             model_file = TFLITE_FILE
@@ -231,7 +270,7 @@ def export(model: str, fmt: str, out: str | Path, quantize: str = "none") -> Pat
                        "audio_length": "int32 [B] true sample counts"},
             "outputs": {"logits": "float32 [B, T', V], CTC blank = 0, label i + 1 = alphabet symbol i",
                         "logit_length": "int32 [B] valid logit frames"},
-            "signatures": ["serving_default", "transcribe"] if fmt == "saved_model" else ["serving_default"],
+            "signatures": {"saved_model": ["serving_default", "transcribe"], "tflite": ["serving_default"]}.get(fmt, []),
             "sample_rate": features.rate, "features": features.config,
         }
         (scratch / "export.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")

@@ -3,7 +3,8 @@
     python bench/export.py [--model en|model.bin|models:/asr-en/1] [--count 20] [--work-dir /tmp/asr-bench-export]
 
 Synthesises ``--count`` utterances (asr.data.synth), exports the model as a SavedModel, a TFLite
-float32 and a TFLite dynamic-range int8 model, then transcribes every utterance one at a time
+float32 and a TFLite dynamic-range int8 model (and ONNX where tf2onnx and onnxruntime are
+installed), then transcribes every utterance one at a time
 with each (after a warm-up on two of them) and prints, per format: size on disk, real-time factor
 (wall seconds / audio seconds, audio already in memory at 16 kHz; the Keras row includes librosa's
 features, the exported rows their TensorFlow features), the largest logit difference from Keras,
@@ -68,7 +69,7 @@ def main() -> None:
     from asr.audio import compute_features, load_audio
     from asr.data.synth import synthesize_corpus
     from asr.decoding import greedy_decode
-    from asr.export import TFLITE_FILE, TFLiteRunner, export
+    from asr.export import ONNX_FILE, TFLITE_FILE, TFLiteRunner, export
     from asr.models_registry import resolve_model_path
     from asr.pipeline import load_model
 
@@ -83,8 +84,16 @@ def main() -> None:
     audio_seconds = sum(len(signal) for signal in signals) / rate
     exports = work / "exports"
     paths = {}
-    for name, fmt, quantize in (("saved_model", "saved_model", "none"), ("tflite_float32", "tflite", "none"),
-                                ("tflite_int8", "tflite", "dynamic")):
+    formats = [("saved_model", "saved_model", "none"), ("tflite_float32", "tflite", "none"),
+               ("tflite_int8", "tflite", "dynamic")]
+    try:
+        import onnxruntime
+        import tf2onnx  # noqa: F401
+
+        formats.append(("onnx", "onnx", "none"))
+    except ImportError:
+        print("ONNX left out: pip install tf2onnx onnx onnxruntime")
+    for name, fmt, quantize in formats:
         target = exports / name
         if not target.exists():
             export(str(bundle), fmt, target, quantize=quantize)
@@ -107,6 +116,15 @@ def main() -> None:
     for name in ("tflite_float32", "tflite_int8"):
         runner: Any = TFLiteRunner(paths[name] / TFLITE_FILE, threads=arguments.threads)
         rows.append((name, folder_size(paths[name] / TFLITE_FILE), runner))
+    if "onnx" in paths:
+        session = onnxruntime.InferenceSession(str(paths["onnx"] / ONNX_FILE), providers=["CPUExecutionProvider"])
+
+        def onnx(signal: np.ndarray) -> np.ndarray:
+            logits, length = session.run(["logits", "logit_length"], {
+                "audio": signal[None], "audio_length": np.asarray([len(signal)], dtype=np.int32)})
+            return logits[0, : int(length[0])]
+
+        rows.append(("onnx", folder_size(paths["onnx"] / ONNX_FILE), onnx))
 
     reference: list[np.ndarray] = []
     reference_text: list[str] = []

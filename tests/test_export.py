@@ -1,7 +1,8 @@
-"""``asr export``: a tiny model trained on synthetic speech, exported to a SavedModel and to TFLite
-(float32 and dynamic-range int8), each checked against the Keras model on a dozen utterances.
+"""``asr export``: a tiny model trained on synthetic speech, exported to a SavedModel, to TFLite
+(float32 and dynamic-range int8) and to ONNX (where tf2onnx is installed), each checked against the
+Keras model on a dozen utterances.
 
-Tolerances (absolute, on logits): SavedModel and TFLite float32 1e-3 (the TensorFlow feature
+Tolerances (absolute, on logits): SavedModel, TFLite float32 and ONNX 1e-3 (the TensorFlow feature
 extraction matches librosa to ~1e-4, and the graphs compute the same float32 operations), and
 identical greedy transcripts. TFLite with int8 weights (dynamic range): logits within 5 % of the
 Keras ones (relative L2 error; ~1 % measured), at least 95 % of frames with the same best label,
@@ -113,6 +114,25 @@ def test_tflite_float32_and_dynamic_int8_match_keras(trained, tmp_path):
     assert sizes["dynamic"] < sizes["none"]
 
 
+def test_onnx_matches_keras(trained, tmp_path):
+    """Runs where tf2onnx, onnx and onnxruntime are installed (optional: not dependencies of asr)."""
+    pytest.importorskip("tf2onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from asr.decoding import greedy_decode
+    from asr.export import ONNX_FILE, export
+
+    out = export(str(trained["bundle"]), "onnx", tmp_path / "onnx")
+    session = onnxruntime.InferenceSession(str(out / ONNX_FILE), providers=["CPUExecutionProvider"])
+    _, batch, lengths = audio_batch(trained["wavs"])
+    names = [output.name for output in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, {"audio": batch, "audio_length": lengths})))
+    expected, transcripts = keras_reference(trained["pipeline"], trained["wavs"])
+    for row, reference in enumerate(expected):
+        assert int(outputs["logit_length"][row]) == len(reference)
+        np.testing.assert_allclose(outputs["logits"][row, : len(reference)], reference, atol=FLOAT_TOLERANCE)
+    assert greedy_decode(outputs["logits"], trained["pipeline"].alphabet, outputs["logit_length"]) == transcripts
+
+
 def test_asr_export_command(trained, tmp_path):
     out = tmp_path / "cli"
     done = subprocess.run([str(ASR), "export", "--model", str(trained["bundle"]), "--format", "tflite",
@@ -120,7 +140,7 @@ def test_asr_export_command(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith(f"wrote {out} (") and (out / "model.tflite").is_file()
     assert json.loads((out / "export.json").read_text())["quantize"] == "dynamic"
-    for arguments, message in ((["--format", "onnx", "--out", str(tmp_path / "x")], "--format 'onnx' is not one of"),
+    for arguments, message in ((["--format", "tf.js", "--out", str(tmp_path / "x")], "--format 'tf.js' is not one of"),
                                (["--format", "saved_model", "--out", str(out)], f"--out {out} exists"),
                                (["--format", "saved_model", "--quantize", "dynamic", "--out", str(tmp_path / "y")],
                                 "--quantize dynamic applies to --format tflite only"),
