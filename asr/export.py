@@ -170,16 +170,27 @@ def _signature(batch: int | None = None) -> list[Any]:
             tf.TensorSpec([batch], tf.int32, name="audio_length")]
 
 
+def _save(pipeline: Any, out: Path, endpoints: dict[str, Any], batch: int | None = None) -> None:
+    """A SavedModel of ``endpoints`` (name -> function of audio, audio_length), the weights saved once.
+
+    ``tf.saved_model.save`` of a module tracking the model's TensorFlow variables: Keras'
+    ``ExportArchive`` wrote every weight twice (as ``variables`` and ``_all_variables``).
+    """
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.weights = [getattr(weight, "value", weight) for weight in pipeline.model.weights]  # the tf.Variables
+    signatures = {}
+    for name, function in endpoints.items():
+        signatures[name] = tf.function(function, input_signature=_signature(batch))
+        setattr(module, name, signatures[name])
+    tf.saved_model.save(module, str(out), signatures=signatures)
+
+
 def save_tf_model(pipeline: Any, out: Path) -> AudioModel:
     """A SavedModel at ``out`` with the signatures ``serving_default`` (logits) and ``transcribe``."""
-    import keras
-
     wrapped = AudioModel(pipeline)
-    archive = keras.export.ExportArchive()
-    archive.track(pipeline.model)
-    archive.add_endpoint("serving_default", wrapped.logits, input_signature=_signature())
-    archive.add_endpoint("transcribe", wrapped.transcribe, input_signature=_signature())
-    archive.write_out(str(out), verbose=False)
+    _save(pipeline, out, {"serving_default": wrapped.logits, "transcribe": wrapped.transcribe})
     return wrapped
 
 
@@ -189,17 +200,13 @@ def convert_to_tflite(pipeline: Any, path: Path, quantize: str = "none") -> Path
     Converted from a SavedModel (TensorFlow's recommended path; it freezes the variables, which
     the RNN loops would otherwise read as resource variables the TFLite runtime cannot find).
     """
-    import keras
     import tensorflow as tf
 
     wrapped = AudioModel(pipeline, quantized=quantize != "none")
     with tempfile.TemporaryDirectory(prefix="asr-export-") as scratch:
-        archive = keras.export.ExportArchive()
-        archive.track(pipeline.model)
         # One utterance per call: the RNN loops' tensor lists then have a static element shape
         # [1, units], which TFLite lowers to builtin ops (a dynamic batch would need Select TF ops).
-        archive.add_endpoint("serving_default", wrapped.logits, input_signature=_signature(batch=1))
-        archive.write_out(scratch, verbose=False)
+        _save(pipeline, Path(scratch), {"serving_default": wrapped.logits}, batch=1)
         converter = tf.lite.TFLiteConverter.from_saved_model(scratch)
         if quantize == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data: dynamic range
