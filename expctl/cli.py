@@ -217,29 +217,22 @@ def _workdir() -> Path:
 
 
 def _exp_dir(job: jobs.Job, job_dir: Path) -> str:
-    """Where the app writes: the frozen config's literal ``exp_dir`` (relative to the daemon's
+    """Where the app writes: the frozen config's explicit ``exp_dir`` (relative to the daemon's
     folder), else the job's folder (``${hydra:runtime.output_dir}`` is the run dir the daemon sets)."""
-    import re
+    value = job.exp_dir or specs.explicit_exp_dir(job.config_yaml)  # older rows: from the config
+    return str(_workdir() / value) if value else str(job_dir)
 
-    import yaml
 
-    # Only the top-level line is parsed: a full YAML parse per job would make `list --json` of
-    # thousands of jobs slow.
-    line = re.search(r"^exp_dir:[ \t]*(.*?)[ \t]*$", job.config_yaml, re.MULTILINE)
-    try:
-        value = yaml.safe_load(line.group(1)) if line else None
-    except yaml.YAMLError:
-        value = None
-    if isinstance(value, str) and value and "${" not in value:
-        return str(_workdir() / value)
-    return str(job_dir)
+def _job_dir(job: jobs.Job) -> Path:
+    """The job's own folder under the daemon's work folder: experiments/<id>-<uuid>."""
+    return _workdir() / "experiments" / jobs.job_folder(job)
 
 
 def _job_json(job: jobs.Job) -> dict:
     """A job for scripts: every field a script may need, times as UTC epoch seconds."""
-    job_dir = _workdir() / "experiments" / str(job.id)
+    job_dir = _job_dir(job)
     return {
-        "id": job.id, "name": job.name, "status": job.status, "reason": job.end_reason,
+        "id": job.id, "uuid": job.uuid, "name": job.name, "status": job.status, "reason": job.end_reason,
         "app": job.app, "base": job.base, "overrides": job.override_list, "sweep": job.sweep_id,
         "priority": job.priority, "attempt": job.attempts_used, "max_attempts": job.max_attempts,
         "claims": job.attempt, "worker": job.worker_id, "gpus": job.gpus, "exit_code": job.exit_code,
@@ -312,6 +305,8 @@ def show(job_id: int = typer.Argument(..., help="Job id."), as_json: bool = _JSO
         ("exit code", "-" if job.exit_code is None else jobs.describe_exit(job.exit_code)),
         ("created", _when(job.created_at)), ("started", _when(job.started_at)), ("finished", _when(job.finished_at)),
         ("config hash", job.config_hash[:16]),
+        ("uuid", job.uuid or "- (queued before job uuids)"),
+        ("job folder", str(_job_dir(job))), ("exp_dir", _exp_dir(job, _job_dir(job))),
         ("tracking run", job.tracking_run_id or "- (none yet: `expctl tracking sync` creates it)"),
     ]
     if job.tracking_run_id:
@@ -338,7 +333,7 @@ def show(job_id: int = typer.Argument(..., help="Job id."), as_json: bool = _JSO
 
 
 def _log_path(job: jobs.Job) -> Path:
-    return _workdir() / "experiments" / str(job.id) / "job.log"
+    return _job_dir(job) / "job.log"
 
 
 def _write_bytes(chunk: bytes) -> None:
@@ -355,7 +350,7 @@ def logs(
     job_id: int = typer.Argument(..., help="Job id."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends."),
 ) -> None:
-    """Print a job's log (experiments/<id>/job.log under the daemon's workdir)."""
+    """Print a job's log (experiments/<id>-<uuid>/job.log under the daemon's workdir)."""
     engine = state.engine()
     job = jobs.get_job(engine, job_id)
     path = _log_path(job)
@@ -494,7 +489,7 @@ def tracking_sync(
     failures = 0
     for job in selected:
         try:
-            report = tracker.sync(job, folder / "experiments" / str(job.id))
+            report = tracker.sync(job, folder / "experiments" / jobs.job_folder(job))
         except Exception as error:  # noqa: BLE001 - report each job, go on with the others
             failures += 1
             message = str(error).strip().splitlines()

@@ -324,8 +324,8 @@ class Daemon:
     # -------------------------------------------------------------- one job
 
     def job_dir(self, job: jobs.Job) -> Path:
-        """``<workdir>/experiments/<job id>``."""
-        return self.options.workdir / "experiments" / str(job.id)
+        """``<workdir>/experiments/<job id>-<job uuid>``: the job's own folder, whatever the queue database."""
+        return self.options.workdir / "experiments" / jobs.job_folder(job)
 
     def child_command(self, job: jobs.Job) -> list[str]:
         """The app's command line: its frozen config, Hydra's run dir set to the job's folder."""
@@ -333,8 +333,29 @@ class Daemon:
         return [
             sys.executable, "-m", job.app,
             "--config-path", str(folder.resolve()), "--config-name", "config",
-            f"hydra.run.dir=experiments/{job.id}",
+            f"hydra.run.dir=experiments/{jobs.job_folder(job)}",
         ]
+
+    def _link_short_name(self, job: jobs.Job) -> None:
+        """``experiments/<id>`` -> ``<id>-<uuid>``, a convenience for people (scripts use ``job_dir`` of
+        ``expctl show --json``): it names the newest job with that id of any queue; a real folder of that
+        name (a job queued before uuids) is never touched."""
+        if not job.uuid:
+            return
+        link = self.options.workdir / "experiments" / str(job.id)
+        target = jobs.job_folder(job)
+        try:
+            if link.is_symlink():
+                if os.readlink(link) == target:
+                    return
+            elif link.exists():
+                return
+            temporary = link.with_name(f".{job.id}.{os.getpid()}.link")
+            temporary.unlink(missing_ok=True)
+            os.symlink(target, temporary)
+            os.replace(temporary, link)
+        except OSError as error:
+            logger.debug("job %d: no %s link: %s", job.id, link, error)
 
     def child_env(self, job: jobs.Job) -> dict[str, str]:
         """The daemon's environment plus the job's GPUs, identity and resume flag."""
@@ -343,6 +364,7 @@ class Daemon:
             CUDA_VISIBLE_DEVICES=self.gpu_text,
             CUDA_DEVICE_ORDER="PCI_BUS_ID",
             EXPCTL_JOB_ID=str(job.id),
+            EXPCTL_JOB_UUID=job.uuid or "",  # the job's identity across queue databases (its checkpoints record it)
             EXPCTL_ATTEMPT=str(job.attempt),
             EXPCTL_WORKER_ID=self.worker_id,
             EXPCTL_RESUME="1" if job.attempt > 1 else "0",
@@ -384,6 +406,7 @@ class Daemon:
             self.exit_record(job).unlink(missing_ok=True)
             self._write_log(log_path, f"job {job.id} attempt {job.attempt} on {self.worker_id}, "
                                       f"GPUs {self.gpu_text or 'none'}")
+            self._link_short_name(job)
         except OSError as error:
             # The folder's fault, not the job's: no attempt is burnt; the daemon pauses instead.
             reason = f"cannot write the work folder {folder}: {error.strerror or error}"

@@ -25,7 +25,7 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000
 PG_MIGRATION_LOCK_KEY = 0x657870_63746C
 # The newest migration (tests check it against Alembic's head), so that a plain
 # start-up need not import Alembic to see the schema is current.
-SCHEMA_REVISION = "0001_initial"
+SCHEMA_REVISION = "0002_job_folders"
 # Execution option marking a connection that only reads (plain deferred BEGIN on SQLite).
 READ_ONLY_OPTION = "expctl_read_only"
 

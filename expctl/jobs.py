@@ -14,9 +14,11 @@ its lease can never overwrite what the next attempt does.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
-from dataclasses import dataclass, fields
+import uuid as uuid_module
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
@@ -33,6 +35,7 @@ from expctl.schema import (
     RUNNING,
     STATUSES,
     SUCCEEDED,
+    EXP_DIR_OWNER_STATUSES,
     job_events,
     jobs,
     sweeps,
@@ -95,6 +98,8 @@ class Job:
     updated_at: float
     tracking_run_id: str | None
     tracking_uri: str | None
+    uuid: str | None = None  # NULL for jobs queued before the job folders migration
+    exp_dir: str | None = None  # the explicit exp_dir of its config (normalized), else None
 
     @classmethod
     def from_row(cls, row: Any) -> "Job":
@@ -127,6 +132,7 @@ class NewJob:
     max_attempts: int = 3
     allow_duplicate: bool = False
     label: str = ""
+    exp_dir: str | None = None  # the config's explicit exp_dir: it must belong to this job alone
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,20 @@ def _fence(job: Job, worker_id: str) -> Any:
     )
 
 
+# ---------------------------------------------------------------- folders
+
+
+def job_folder(job: Job) -> str:
+    """The name of the job's own folder under ``<workdir>/experiments``: ``<id>-<uuid>``, unique across
+    queue databases (ids start again at 1 in a new database); ``<id>`` for jobs queued before uuids."""
+    return f"{job.id}-{job.uuid}" if job.uuid else str(job.id)
+
+
+def normalize_exp_dir(value: str) -> str:
+    """The form in which explicit exp_dirs are compared (relative ones: to the daemon's work folder)."""
+    return os.path.normpath(value)
+
+
 # ---------------------------------------------------------------- enqueue
 
 
@@ -214,12 +234,43 @@ def _active_duplicates(connection: Connection, keys: Iterable[str]) -> dict[str,
     return found
 
 
+def _exp_dir_owners(connection: Connection, folders: Iterable[str]) -> dict[str, tuple[int, str]]:
+    folders = [folder for folder in folders if folder]
+    found: dict[str, tuple[int, str]] = {}
+    for start in range(0, len(folders), 500):
+        rows = connection.execute(
+            select(jobs.c.exp_dir, jobs.c.id, jobs.c.status).where(
+                jobs.c.exp_dir.in_(folders[start:start + 500]), jobs.c.status.in_(EXP_DIR_OWNER_STATUSES))
+        )
+        for folder, job_id, status in rows:
+            found[folder] = (job_id, status)
+    return found
+
+
+def _exp_dir_error(item: NewJob, other_id: int, other_status: str) -> UserError:
+    where = f"{item.label}: " if item.label else ""
+    return UserError(
+        f"{where}exp_dir {item.exp_dir!r} is the folder of job {other_id} ({other_status}): choose another "
+        "exp_dir, or leave exp_dir unset so that the job gets its own folder"
+    )
+
+
 def _duplicate_error(item: NewJob, other_id: int, other_status: str) -> UserError:
     where = f"{item.label}: " if item.label else ""
     return UserError(
         f"{where}{item.name!r} duplicates job {other_id} ({other_status}, same app and config); "
         "use --allow-duplicate to queue it anyway"
     )
+
+
+def _with_exp_dir(item: NewJob) -> NewJob:
+    """``item`` with the explicit exp_dir of its config (normalized), when the caller did not give it."""
+    if item.exp_dir is not None:
+        return replace(item, exp_dir=normalize_exp_dir(item.exp_dir))
+    from expctl.specs import explicit_exp_dir
+
+    folder = explicit_exp_dir(item.config_yaml)
+    return item if folder is None else replace(item, exp_dir=normalize_exp_dir(folder))
 
 
 def enqueue(engine: Engine, items: Sequence[NewJob], sweep: NewSweep | None = None) -> list[Job]:
@@ -231,11 +282,20 @@ def enqueue_batches(
     engine: Engine, batches: Sequence[tuple[Sequence[NewJob], NewSweep | None]]
 ) -> list[tuple[list[Job], int | None]]:
     """Insert several groups of jobs (each with an optional sweep) in ONE transaction: all or none."""
+    batches = [([_with_exp_dir(item) for item in items], sweep) for items, sweep in batches]
     all_items = [item for items, _sweep in batches for item in items]
     if not all_items:
         raise UserError("nothing to enqueue")
     seen: dict[str, NewJob] = {}
+    folders: dict[str, NewJob] = {}
     for item in all_items:
+        if item.exp_dir is not None:
+            if item.exp_dir in folders:
+                first = folders[item.exp_dir]
+                where = f"{item.label}: " if item.label else ""
+                raise UserError(f"{where}{item.name!r} has the same exp_dir {item.exp_dir!r} as "
+                                f"{first.label or repr(first.name)}: each job needs its own folder")
+            folders[item.exp_dir] = item
         if not 1 <= item.max_attempts <= MAX_ATTEMPTS:
             raise UserError(f"--max-attempts must be between 1 and {MAX_ATTEMPTS}, not {item.max_attempts}")
         check_priority(item.priority)
@@ -255,6 +315,10 @@ def enqueue_batches(
             for item in all_items:
                 if not item.allow_duplicate and item.config_hash in duplicates:
                     raise _duplicate_error(item, *duplicates[item.config_hash])
+            owners = _exp_dir_owners(connection, folders)
+            for item in all_items:
+                if item.exp_dir in owners:
+                    raise _exp_dir_error(item, *owners[item.exp_dir])
             at = now()
             for items, sweep in batches:
                 sweep_id = None
@@ -276,6 +340,7 @@ def enqueue_batches(
                             sweep_id=sweep_id, priority=item.priority, status=QUEUED, attempt=0,
                             attempts_base=0, max_attempts=item.max_attempts, not_before=0.0,
                             cancel_requested=False, created_at=at, updated_at=at,
+                            uuid=uuid_module.uuid4().hex, exp_dir=item.exp_dir,
                         ).returning(*jobs.c)
                     ).one()
                     job = Job.from_row(row)
@@ -288,9 +353,12 @@ def enqueue_batches(
         # Lost a race with another enqueue (PostgreSQL): name the other job.
         with read_connection(engine) as connection:
             duplicates = _active_duplicates(connection, seen)
+            owners = _exp_dir_owners(connection, folders)
         for item in all_items:
             if item.config_hash in duplicates and not item.allow_duplicate:
                 raise _duplicate_error(item, *duplicates[item.config_hash]) from None
+            if item.exp_dir in owners:
+                raise _exp_dir_error(item, *owners[item.exp_dir]) from None
         raise
     return results
 
@@ -661,9 +729,15 @@ def _retry_in(connection: Connection, job: Job, at: float) -> None:
             )
     except IntegrityError:
         duplicates = _active_duplicates(connection, [job.dedup_key or ""])
-        other = duplicates.get(job.dedup_key or "", (0, "active"))
+        if job.dedup_key in duplicates:
+            other = duplicates[job.dedup_key]
+            raise UserError(
+                f"job {job.id} has the same config as job {other[0]} ({other[1]}): cancel that one first"
+            ) from None
+        owner = _exp_dir_owners(connection, [job.exp_dir or ""]).get(job.exp_dir or "", (0, "active"))
         raise UserError(
-            f"job {job.id} has the same config as job {other[0]} ({other[1]}): cancel that one first"
+            f"job {job.id}: its exp_dir {job.exp_dir!r} now belongs to job {owner[0]} ({owner[1]}); "
+            "queue it again with another exp_dir"
         ) from None
     add_event(connection, job.id, "retried", f"requeued by a user after {job.status}", attempt=job.attempt, at=at)
 

@@ -261,6 +261,7 @@ class MlflowTracker:
         overrides = job.override_list
         tags = {
             "expctl.job_id": str(job.id),
+            "expctl.job_uuid": getattr(job, "uuid", None) or "",
             "expctl.app": job.app,
             "expctl.base": job.base,
             "expctl.overrides": " ".join(overrides),

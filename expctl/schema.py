@@ -27,9 +27,12 @@ CANCELLED = "cancelled"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 ACTIVE_STATUSES = (QUEUED, RUNNING)
 FINAL_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
+EXP_DIR_OWNER_STATUSES = (QUEUED, RUNNING, SUCCEEDED)
 
 # The partial unique index that refuses duplicates of a job still queued or running.
 ACTIVE_PREDICATE = text("status IN ('queued', 'running')")
+# An explicit exp_dir belongs to one job that is queued, running or succeeded (its results live there).
+EXP_DIR_OWNER_PREDICATE = text("status IN ('queued', 'running', 'succeeded')")
 
 metadata = MetaData()
 
@@ -74,6 +77,10 @@ jobs = Table(
     Column("updated_at", Float, nullable=False),
     Column("tracking_run_id", String(200), nullable=True),
     Column("tracking_uri", Text, nullable=True),
+    # uuid4 hex: names the job's folder, experiments/<id>-<uuid>, unique across queue databases
+    # (NULL for jobs queued before migration 0002: their folder stays experiments/<id>).
+    Column("uuid", String(32), nullable=True),
+    Column("exp_dir", Text, nullable=True),  # the frozen config's explicit exp_dir (normalized), else NULL
     Index("ix_jobs_claim", "status", "priority", "id"),
     Index("ix_jobs_sweep", "sweep_id"),
     Index(
@@ -82,6 +89,14 @@ jobs = Table(
         unique=True,
         sqlite_where=ACTIVE_PREDICATE,
         postgresql_where=ACTIVE_PREDICATE,
+    ),
+    Index("ux_jobs_uuid", "uuid", unique=True),
+    Index(
+        "ux_jobs_exp_dir",
+        "exp_dir",
+        unique=True,
+        sqlite_where=EXP_DIR_OWNER_PREDICATE,
+        postgresql_where=EXP_DIR_OWNER_PREDICATE,
     ),
 )
 

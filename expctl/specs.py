@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -250,6 +251,71 @@ def compose_all(specs: list[Spec], labels: list[str] | None = None,
     if len(composed) != len(specs):
         raise UserError("composing the specs failed: a composer stopped early")  # not reached: a refusal is raised
     return composed
+
+
+_EXP_DIR_LINE = re.compile(r"^exp_dir:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
+
+
+def explicit_exp_dir(config_yaml: str) -> str | None:
+    """The frozen config's top-level ``exp_dir`` when it names a folder, else None (unset, or derived
+    from Hydra's run dir, which the daemon points at the job's own folder).
+
+    Only the top-level line is parsed (a full YAML parse per job would slow big sweeps down); an
+    interpolation other than ``${hydra:...}`` is resolved against the whole config when it can be.
+    """
+    line = _EXP_DIR_LINE.search(config_yaml)
+    if line is None:
+        return None
+    try:
+        value = yaml.safe_load(line.group(1))
+    except yaml.YAMLError:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    if "${" in value:
+        if "${hydra:" in value.replace(" ", ""):
+            return None
+        try:
+            from omegaconf import OmegaConf
+
+            value = OmegaConf.create(yaml.safe_load(config_yaml)).exp_dir
+        except Exception:  # noqa: BLE001 - unresolvable here (a resolver of the app): not checked
+            return None
+        if not isinstance(value, str) or not value.strip() or "${" in value:
+            return None
+    return value
+
+
+def with_exp_dir(composed: ComposedSpec, folder: str) -> ComposedSpec:
+    """``composed`` with its top-level ``exp_dir`` set to ``folder`` (the override list says so too)."""
+    line = yaml.safe_dump({"exp_dir": folder}, default_flow_style=False, allow_unicode=True, width=1 << 20).rstrip("\n")
+    config_yaml, count = _EXP_DIR_LINE.subn(lambda _match: line, composed.config_yaml, count=1)
+    if count != 1:
+        raise UserError(f"{describe(composed.spec)}: the app's config has no top-level exp_dir to set")
+    quoted = folder.replace("\\", "\\\\").replace("'", "\\'")
+    overrides = tuple(override for override in composed.spec.overrides
+                      if override.split("=", 1)[0].lstrip("+~") != "exp_dir") + (f"exp_dir='{quoted}'",)
+    spec = Spec(app=composed.spec.app, base=composed.spec.base, overrides=overrides)
+    return ComposedSpec(spec=spec, config_yaml=config_yaml, config_hash=config_hash(spec.app, config_yaml))
+
+
+def subfolder_names(override_lists: list[tuple[str, ...]]) -> list[str]:
+    """Readable, distinct subfolder names for sweep jobs that share one exp_dir: ``<n>_<what differs>``,
+    e.g. ``1_rnn_sizes=256`` (n counts from 1; the part after it only helps the eye)."""
+    width = max((len(overrides) for overrides in override_lists), default=0)
+    varying = [position for position in range(width)
+               if len({overrides[position] if position < len(overrides) else None
+                       for overrides in override_lists}) > 1]
+    names = []
+    for number, overrides in enumerate(override_lists, start=1):
+        parts = []
+        for position in varying:
+            if position < len(overrides):
+                key, _, value = overrides[position].partition("=")
+                parts.append(f"{key.split('.')[-1].lstrip('+~')}={value}")
+        slug = re.sub(r"[^A-Za-z0-9._=,-]+", "_", "_".join(parts).replace("[", "").replace("]", "")).strip("_.")
+        names.append(f"{number}_{slug[:60]}" if slug else str(number))
+    return names
 
 
 def describe(spec: Spec) -> str:

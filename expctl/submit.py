@@ -49,6 +49,24 @@ def _plan(request: Request) -> specs.SweepPlan:
         raise UserError(f"{request.label}: {error}") if request.label else error from None
 
 
+def _own_folders(composed: list[specs.ComposedSpec]) -> list[specs.ComposedSpec]:
+    """A sweep whose jobs would share one explicit exp_dir gives each job a subfolder of it,
+    ``<exp_dir>/<n>_<what differs>``: no two jobs ever write into one folder."""
+    groups: dict[str, list[int]] = {}
+    for index, done in enumerate(composed):
+        folder = specs.explicit_exp_dir(done.config_yaml)
+        if folder is not None:
+            groups.setdefault(jobs.normalize_exp_dir(folder), []).append(index)
+    result = list(composed)
+    for folder, indices in groups.items():
+        if len(indices) < 2:
+            continue
+        names = specs.subfolder_names([composed[index].spec.overrides for index in indices])
+        for index, name in zip(indices, names):
+            result[index] = specs.with_exp_dir(composed[index], f"{folder}/{name}")
+    return result
+
+
 def submit(engine: Engine, requests: list[Request], tracker: SafeTracker) -> list[Submitted]:
     """Compose every request's jobs, then enqueue all of them in one transaction (all or none)."""
     try:
@@ -65,16 +83,17 @@ def _submit(engine: Engine, requests: list[Request], tracker: SafeTracker) -> li
     batches: list[tuple[list[jobs.NewJob], jobs.NewSweep | None]] = []
     for request, plan in plans:
         items = []
-        for spec in plan.specs:
-            done = next(composed)
+        for spec, done in zip(plan.specs, _own_folders([next(composed) for _spec in plan.specs])):
+            folder = specs.explicit_exp_dir(done.config_yaml)
             if request.name and plan.is_sweep:
                 name = f"{request.name} {' '.join(spec.overrides)}"[:200]
             else:
                 name = request.name or specs.default_name(request.base, spec.overrides)
             items.append(jobs.NewJob(
-                app=request.app, base=request.base, overrides=spec.overrides, config_yaml=done.config_yaml,
+                app=request.app, base=request.base, overrides=done.spec.overrides, config_yaml=done.config_yaml,
                 config_hash=done.config_hash, name=name, priority=request.priority,
                 max_attempts=request.max_attempts, allow_duplicate=request.allow_duplicate, label=request.label,
+                exp_dir=None if folder is None else jobs.normalize_exp_dir(folder),
             ))
         sweep = None
         if plan.is_sweep:

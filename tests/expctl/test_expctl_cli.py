@@ -111,7 +111,7 @@ def test_cli_errors_are_one_clear_line(world: Env) -> None:
 
 
 def test_db_upgrade_and_workers_and_logs(world: Env) -> None:
-    assert "revision 0001_initial" in world.run("db", "upgrade", check=True).stdout
+    assert "revision 0002_job_folders" in world.run("db", "upgrade", check=True).stdout
     assert "0 worker(s)" in world.run("workers", check=True).stdout
     world.run("enqueue", "config", "tag=logged", *TESTAPP, check=True)
     assert world.cli("consume", "--gpus", "none", "--once", "--apps", "expctl_testapp", check=True).returncode == 0

@@ -56,7 +56,8 @@ def test_two_daemons_drain_the_queue_exactly_once(world: Env) -> None:
         assert daemon.wait(120) == 0, world.daemon_logs()
     assert_exactly_once(world, [job.id for job in created])
     assert {job.status for job in jobs.list_jobs(world.engine)} == {"succeeded"}
-    assert (world.root / "experiments" / str(created[0].id) / "config.yaml").read_text() == "n: 0\n"
+    assert (world.root / "experiments" / jobs.job_folder(created[0]) / "config.yaml").read_text() == "n: 0\n"
+    assert os.readlink(world.root / "experiments" / str(created[0].id)) == jobs.job_folder(created[0])  # short name
 
 
 @pytest.mark.slow
@@ -140,7 +141,7 @@ def test_exit_codes_decide_retry_or_failure(world: Env) -> None:
     assert runs == {never.id: 1, retried.id: 2}
     assert jobs.get_job(world.engine, never.id).end_reason.startswith("failed: exit code 2")
     assert jobs.get_job(world.engine, retried.id).end_reason == "failed: exit code 3 after 2 attempts"
-    log = (world.root / "experiments" / str(retried.id) / "job.log").read_text()
+    log = (world.root / "experiments" / jobs.job_folder(retried) / "job.log").read_text()
     assert log.count(f"job {retried.id} attempt") == 2 and "retry in 0.1 s" in log
 
 
@@ -154,7 +155,9 @@ def test_child_environment_and_command(world: Env) -> None:
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert env["EXPCTL_JOB_ID"] == str(job.id) and env["EXPCTL_ATTEMPT"] == "1" and env["EXPCTL_RESUME"] == "0"
     command = daemon.child_command(claimed)
-    assert command[1:3] == ["-m", "expctl_fastapp"] and command[-1] == f"hydra.run.dir=experiments/{job.id}"
+    assert env["EXPCTL_JOB_UUID"] == job.uuid and len(job.uuid) == 32
+    assert command[1:3] == ["-m", "expctl_fastapp"]
+    assert command[-1] == f"hydra.run.dir=experiments/{job.id}-{job.uuid}"
 
 
 def test_a_locked_gpu_is_refused(world: Env) -> None:
@@ -410,7 +413,7 @@ def test_an_exit_the_daemon_could_not_record_is_committed_by_the_reaper_not_reru
     wait_for(lambda: world.records(), 60, "the job to start")
     locker = sqlite3.connect(world.root / "queue" / "expctl.db", isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")  # an external writer stalls the database
-    record = world.root / "experiments" / str(job.id) / "exit.json"
+    record = world.root / "experiments" / jobs.job_folder(job) / "exit.json"
     try:
         wait_for(record.exists, 30, "the shepherd's exit record")
         victim.send_signal(signal.SIGKILL)  # it never records the end

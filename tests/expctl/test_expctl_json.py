@@ -32,8 +32,12 @@ def test_list_show_and_workers_print_json(any_world: Env) -> None:
     first, second, third = listing
     assert first["name"] == "grid tag='[/]' lr=0.1" and first["overrides"] == ["tag='[/]'", "lr=0.1"]
     assert first["reason"] == "cancelled before it ran" and first["mlflow_run_id"] is None
-    assert second["job_dir"] == str(world.root / "experiments" / "2") == second["exp_dir"]
-    assert third["exp_dir"] == str(world.root / "runs" / "own dir") and third["job_dir"].endswith("/experiments/3")
+    # each job's own folder is experiments/<id>-<uuid>: unique across queue databases
+    assert len({job["uuid"] for job in listing}) == 3 and all(len(job["uuid"]) == 32 for job in listing)
+    assert second["job_dir"] == str(world.root / "experiments" / f"2-{second['uuid']}") == second["exp_dir"]
+    assert third["exp_dir"] == str(world.root / "runs" / "own dir")
+    assert third["job_dir"].endswith(f"/experiments/3-{third['uuid']}")
+    assert third["log"] == third["job_dir"] + "/job.log"
     assert third["mlflow_run_id"] == "abc123" and third["exit_code"] == 3 and third["priority"] == 9
     assert third["reason"] == "failed: exit code 3 after 1 attempts" and third["max_attempts"] == 1
     assert json.loads(world.run("list", "--json", "--status", "queued", check=True).stdout) == [second]
