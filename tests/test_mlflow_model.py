@@ -68,7 +68,8 @@ def run(store, tmp_path_factory):
     result = {"epochs_run": 1, "sample_transcripts": [{"audio_filepath": str(wavs[0]), "reference": "x",
                                                        "hypothesis": "y"}]}
     MlflowRunLogger(run_id, store).log_outputs(exp_dir, result)
-    return {"run_id": run_id, "pipeline": pipeline, "wavs": wavs, "folder": folder, "client": client}
+    return {"run_id": run_id, "pipeline": pipeline, "wavs": wavs, "folder": folder, "client": client,
+            "corpus": corpus, "experiment": experiment}
 
 
 def frame(rows):
@@ -102,6 +103,31 @@ def test_a_training_run_logs_an_mlflow_model_that_transcribes(run):
     outputs = run["client"].get_run(run["run_id"]).outputs
     assert outputs is not None and len(outputs.model_outputs) == 1
     assert "model.bin" in {item.path for item in run["client"].list_artifacts(run["run_id"])}
+
+
+@pytest.mark.slow
+def test_python_m_asr_train_logs_its_model_into_the_queues_run(run, tmp_path):
+    """The path a queued job takes: ``python -m asr.train`` with ``MLFLOW_RUN_ID`` set by the queue."""
+    import mlflow
+
+    from tests.test_train_app import TINY, data_overrides
+
+    run_id = run["client"].create_run(run["experiment"]).info.run_id
+    done = subprocess.run([sys.executable, "-m", "asr.train", *TINY, *data_overrides(run["corpus"]),
+                           "trainer.epochs=1", f"exp_dir={tmp_path / 'job'}"], capture_output=True, text=True,
+                          timeout=900, env=dict(os.environ, MLFLOW_RUN_ID=run_id, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MLflow model failed" not in done.stderr and "to MLflow failed" not in done.stderr, done.stderr[-3000:]
+    assert run["client"].get_run(run_id).info.status == "RUNNING"  # the queue, not training, ends the run
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert model.predict(frame({"audio": [str(run["wavs"][0])]})) == asr_load(tmp_path / "job" / "model.bin")(
+        run["wavs"][:1])
+
+
+def asr_load(path):
+    import asr
+
+    return asr.load_model(str(path))
 
 
 def test_bad_rows_are_refused_with_one_line_naming_the_row(run, tmp_path):
