@@ -66,6 +66,9 @@ def pinned_uri(uri: str) -> str:
 
 def fetch_bundle(uri: str) -> Path:
     """The local path of the bundle ``uri`` stands for, downloaded into the cache on first use."""
+    # An unreachable tracking server fails in seconds, not after MLflow's minutes of retries
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
+        os.environ.setdefault(key, {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}.get(key, "1"))
     import mlflow
     from mlflow.exceptions import MlflowException
 

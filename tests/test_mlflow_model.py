@@ -174,6 +174,23 @@ def test_load_model_resolves_registry_and_run_uris(run):
         assert "\n" not in str(error.value)
 
 
+def test_an_unreachable_tracking_server_is_one_line_in_seconds(run):
+    import mlflow
+
+    import asr
+    from asr.errors import UserError
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    try:
+        with pytest.raises(UserError, match="^models:/asr-en/1: API request to .* failed") as error:
+            asr.load_model("models:/asr-en/1")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert "\n" not in str(error.value) and time.monotonic() - started < 60
+
+
 def test_asr_transcribe_takes_a_registry_uri(run):
     command = [str(Path(sys.executable).with_name("asr")), "transcribe", str(run["wavs"][0]), "--model",
                "models:/asr-en/1", "--decoder", "greedy"]
