@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import re
 import tempfile
 import threading
@@ -32,8 +31,6 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
 from asr.errors import UserError
-
-logger = logging.getLogger(__name__)
 
 MODEL_NAME = "model"  # the MLflow Model's name in its run: runs:/<run_id>/model
 BUNDLE_ARTIFACT = "bundle"
