@@ -16,7 +16,8 @@ The SavedModel has two signatures: ``serving_default`` (audio -> logits) and ``t
 (audio -> greedy transcripts, ``tf.string [B]``). TFLite has the logits signature only (TFLite has
 no string ops worth shipping); ``--quantize dynamic`` stores weights as int8 (dynamic-range
 quantisation), activations stay float. The Keras GRU/LSTM loops (``ProjectedGRU`` included) become
-TFLite ``WHILE`` loops with builtin ops only. ONNX (opset 17, through tf2onnx, an optional
+TFLite ``WHILE`` loops with builtin ops only; they are traced without cuDNN even on a GPU machine
+(:func:`portable_rnns`), so an export runs anywhere. ONNX (opset 17, through tf2onnx, an optional
 dependency) has the logits signature with any batch size; its spectrum is a DFT as matrix products.
 
 Each export writes ``alphabet.txt`` (CTC label ``i + 1`` is its symbol ``i``) and ``export.json``
@@ -25,11 +26,12 @@ Each export writes ``alphabet.txt`` (CTC label ``i + 1`` is its symbol ``i``) an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -170,6 +172,30 @@ def _signature(batch: int | None = None) -> list[Any]:
             tf.TensorSpec([batch], tf.int32, name="audio_length")]
 
 
+@contextlib.contextmanager
+def portable_rnns(model: Any) -> Iterator[None]:
+    """Trace the RNNs without cuDNN: on a GPU machine Keras would put ``CudnnRNNV3`` into the graph,
+    which neither a CPU, TFLite nor tf2onnx can run. Restores each layer's setting afterwards."""
+    import keras
+
+    def recurrent(layer: Any) -> Iterator[Any]:
+        if isinstance(layer, keras.layers.Bidirectional):
+            yield from recurrent(layer.forward_layer)
+            yield from recurrent(layer.backward_layer)
+        elif isinstance(layer, (keras.layers.GRU, keras.layers.LSTM)):  # ProjectedGRU included
+            yield layer
+
+    layers = [found for layer in model.layers for found in recurrent(layer)]
+    saved = [layer.use_cudnn for layer in layers]
+    try:
+        for layer in layers:
+            layer.use_cudnn = False
+        yield
+    finally:
+        for layer, setting in zip(layers, saved):
+            layer.use_cudnn = setting
+
+
 def _save(pipeline: Any, out: Path, endpoints: dict[str, Any], batch: int | None = None) -> None:
     """A SavedModel of ``endpoints`` (name -> function of audio, audio_length), the weights saved once.
 
@@ -184,7 +210,8 @@ def _save(pipeline: Any, out: Path, endpoints: dict[str, Any], batch: int | None
     for name, function in endpoints.items():
         signatures[name] = tf.function(function, input_signature=_signature(batch))
         setattr(module, name, signatures[name])
-    tf.saved_model.save(module, str(out), signatures=signatures)
+    with portable_rnns(pipeline.model):  # the functions are traced while saving
+        tf.saved_model.save(module, str(out), signatures=signatures)
 
 
 def save_tf_model(pipeline: Any, out: Path) -> AudioModel:
@@ -233,8 +260,9 @@ def convert_to_onnx(pipeline: Any, path: Path) -> Path:
     wrapped = AudioModel(pipeline, fft=False)
     function = tf.function(wrapped.logits, input_signature=_signature())
     try:
-        tf2onnx.convert.from_function(function, input_signature=_signature(), opset=ONNX_OPSET,
-                                      output_path=str(path))
+        with portable_rnns(pipeline.model):
+            tf2onnx.convert.from_function(function, input_signature=_signature(), opset=ONNX_OPSET,
+                                          output_path=str(path))
     except Exception as error:  # noqa: BLE001 - the converter's errors are long
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"ONNX conversion failed: {first}") from None

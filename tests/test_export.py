@@ -133,6 +133,21 @@ def test_onnx_matches_keras(trained, tmp_path):
     assert greedy_decode(outputs["logits"], trained["pipeline"].alphabet, outputs["logit_length"]) == transcripts
 
 
+def test_rnns_are_traced_without_cudnn_and_restored(trained):
+    """On a GPU machine Keras would trace cuDNN kernels into the graph; exports switch that off."""
+    import keras
+
+    from asr.export import portable_rnns
+
+    model = trained["pipeline"].model
+    recurrent = [sub for layer in model.layers if isinstance(layer, keras.layers.Bidirectional)
+                 for sub in (layer.forward_layer, layer.backward_layer)]
+    assert recurrent and all(layer.use_cudnn == "auto" for layer in recurrent)
+    with portable_rnns(model):
+        assert all(layer.use_cudnn is False for layer in recurrent)
+    assert all(layer.use_cudnn == "auto" for layer in recurrent)
+
+
 def test_asr_export_command(trained, tmp_path):
     out = tmp_path / "cli"
     done = subprocess.run([str(ASR), "export", "--model", str(trained["bundle"]), "--format", "tflite",
