@@ -25,7 +25,17 @@ What a checkpoint (``exp_dir/checkpoints``, written after every completed epoch)
   cosine schedule count against.
 
 The data order of epoch ``k`` is a function of ``(seed, k)``, so nothing else is needed to
-continue where the run stopped. Best weights (lowest val loss) go to ``checkpoints/best.weights.h5``.
+continue where the run stopped.
+
+A checkpoint belongs to one training and one job: ``checkpoints/fingerprint.json`` records a
+fingerprint of what is trained (model, features, alphabet, the train and dev manifests' contents,
+``data.max_duration``, optimizer, augmentation, ``trainer.batch_size/mixed_precision/sortagrad``;
+not bookkeeping such as ``exp_dir``, ``trainer.epochs``, ``time_limit_minutes``, ``resume``,
+``init_from``, the seed, the decoder or the experiment name) and the queue job's uuid
+(``EXPCTL_JOB_UUID``). Resuming with another fingerprint, or in another job, is refused
+(``UserError``, exit 2) with what differs; ``trainer.resume=false`` starts afresh and
+``trainer.init_from`` fine-tunes from a model. A checkpoint written before fingerprints is
+resumed with a warning and gets the fingerprint of the run that resumes it. Best weights (lowest val loss) go to ``checkpoints/best.weights.h5``.
 With ``trainer.time_limit_minutes`` the epoch in progress is cut short when the time left is the
 longest validation's duration so far, so the run, validation included, ends on time; ``optimizer.schedule=cosine``
 then anneals by time (or by steps over ``trainer.epochs``, whichever is further along), so a fixed
@@ -63,6 +73,70 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 BEST_WEIGHTS = "best.weights.h5"
 METRICS_FILE = "metrics.jsonl"
+FINGERPRINT_FILE = "fingerprint.json"
+FINGERPRINT_VERSION = 1
+JOB_ENVIRONMENT = "EXPCTL_JOB_UUID"  # set by the queue's daemon: the job's identity across queue databases
+# What the weights and the optimizer state depend on: whole groups, plus these keys of others. A new
+# key of a whole group counts at once; a new trainer or data key counts once it is listed here.
+FINGERPRINT_GROUPS = ("model", "features", "optimizer", "augment")
+FINGERPRINT_TRAINER_KEYS = ("batch_size", "mixed_precision", "sortagrad")
+FINGERPRINT_DATA_KEYS = ("max_duration",)
+FINGERPRINT_MANIFESTS = ("train_manifest", "dev_manifest")
+
+
+def _file_sha256(path: str | None) -> str | None:
+    if not path:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return f"unreadable:{path}"
+    return digest.hexdigest()
+
+
+def training_fingerprint(config: DictConfig, alphabet: Alphabet) -> dict:
+    """What a checkpoint trains, as plain data (see the module docstring): ``{"fingerprint": sha256,
+    "training": {...}}``."""
+    import hashlib
+
+    plain = OmegaConf.to_container(config, resolve=True)
+    trainer, data = plain.get("trainer") or {}, plain.get("data") or {}
+    training: dict[str, Any] = {group: plain.get(group) for group in FINGERPRINT_GROUPS}
+    training["alphabet"] = list(alphabet.symbols)
+    training["trainer"] = {key: trainer.get(key) for key in FINGERPRINT_TRAINER_KEYS}
+    training["data"] = {key: data.get(key) for key in FINGERPRINT_DATA_KEYS}
+    training["data"].update({f"{key}_sha256": _file_sha256(data.get(key)) for key in FINGERPRINT_MANIFESTS})
+    canonical = json.dumps(training, sort_keys=True, separators=(",", ":"), default=str)
+    return {"fingerprint": hashlib.sha256(canonical.encode()).hexdigest(), "training": training}
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        found: dict[str, Any] = {}
+        for key, item in value.items():
+            found.update(_flat(item, f"{prefix}{key}."))
+        return found
+    return {prefix.rstrip("."): value}
+
+
+def _differences(before: Any, now: Any, limit: int = 3) -> str:
+    """``key: X there, Y here`` for the first keys that differ."""
+    old, new = _flat(before if isinstance(before, dict) else {}), _flat(now)
+    keys = sorted(key for key in set(old) | set(new) if old.get(key, "<unset>") != new.get(key, "<unset>"))
+    shown = []
+    for key in keys[:limit]:
+        if key.endswith("_sha256"):
+            shown.append(f"{key[:-len('_sha256')]}: other contents")
+        else:
+            shown.append(f"{key}: {json.dumps(old.get(key, '<unset>'), default=str)[:60]} there, "
+                         f"{json.dumps(new.get(key, '<unset>'), default=str)[:60]} here")
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(shown) + more if shown else "a different fingerprint"
 
 
 class Callback(Protocol):
@@ -306,10 +380,65 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.checkpoint_dir), max_to_keep=2)
 
     def _checkpoint_to_resume(self) -> str | None:
-        """The checkpoint this run continues from, or None for a fresh start."""
+        """The checkpoint this run continues from, or None for a fresh start; one of another training or
+        job is refused (``UserError``)."""
         # every worker restores the chief's checkpoint (non-chiefs save to scratch folders)
         latest = tf.train.latest_checkpoint(str(self.exp_dir / CHECKPOINT_DIR))
-        return latest if self.config.trainer.resume and latest else None
+        latest = latest if self.config.trainer.resume and latest else None
+        if latest is not None and getattr(self, "_checked_checkpoint", None) != latest:
+            self._check_fingerprint(latest)
+            self._checked_checkpoint = latest
+        return latest
+
+    def fingerprint(self) -> dict:
+        """This run's checkpoint record: the fingerprint of what it trains and the queue job, if any."""
+        if getattr(self, "_fingerprint", None) is None:
+            record = training_fingerprint(self.config, self.alphabet)
+            self._fingerprint = {"version": FINGERPRINT_VERSION, "fingerprint": record["fingerprint"],
+                                 "job": os.environ.get(JOB_ENVIRONMENT) or None, "training": record["training"]}
+        return self._fingerprint
+
+    def _check_fingerprint(self, latest: str) -> None:
+        """Refuse to resume ``latest`` when it trains something else, or belongs to another queue job."""
+        path = self.exp_dir / CHECKPOINT_DIR / FINGERPRINT_FILE
+        how = ("use another exp_dir, trainer.resume=false to start afresh there (its checkpoints are "
+               "replaced), or trainer.init_from=<model> to fine-tune from a model")
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            logger.warning("resuming %s, written before checkpoints had fingerprints: whether it trains the "
+                           "configured model on the configured data cannot be checked (from now on it can); "
+                           "if it does not, %s", latest, how)
+            self._adopted = True
+            return
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot resume from {latest}: its {path.name} is unreadable ({error}); {how}") from None
+        mine = self.fingerprint()
+        if not isinstance(stored, dict) or stored.get("fingerprint") != mine["fingerprint"]:
+            training = stored.get("training") if isinstance(stored, dict) else None
+            raise UserError(f"cannot resume from {latest}: it trains something else "
+                            f"({_differences(training, mine['training'])}); {how}")
+        job, theirs = mine["job"], stored.get("job")
+        if job is not None and theirs != job:
+            owner = f"queue job {theirs}" if theirs else "a run outside the queue"
+            raise UserError(f"cannot resume from {latest}: it belongs to {owner}, not to this job ({job}); "
+                            f"{how}")
+
+    def _write_fingerprint(self) -> None:
+        """Record (atomically, before the run's first checkpoint) what this run's checkpoints train."""
+        if not self.chief or getattr(self, "_fingerprint_written", False):
+            return
+        path = self.checkpoint_dir / FINGERPRINT_FILE
+        record = dict(self.fingerprint())
+        if self._checkpoint_to_resume() and not getattr(self, "_adopted", False):
+            try:  # resumed: the checkpoint keeps the job that made it
+                record["job"] = json.loads(path.read_text(encoding="utf-8")).get("job")
+            except (OSError, ValueError, AttributeError):
+                pass
+        scratch = path.with_name(f".{os.getpid()}.{FINGERPRINT_FILE}")
+        scratch.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        os.replace(scratch, path)
+        self._fingerprint_written = True
 
     def _pretrained(self) -> Pretrained | None:
         """``trainer.init_from``, checked before any data is read; None when the run resumes or has a model."""
@@ -332,6 +461,8 @@ class Trainer:
         if latest is None:
             if self.chief and metrics_path.exists():
                 metrics_path.unlink()  # a fresh start: the old run's metrics no longer apply
+            if self.chief:  # nor the old checkpoints' fingerprint (this run writes its own before saving)
+                (self.checkpoint_dir / FINGERPRINT_FILE).unlink(missing_ok=True)
             return
         try:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -592,6 +723,7 @@ class Trainer:
             if self.chief:
                 with open(self.exp_dir / METRICS_FILE, "a") as stream:
                     stream.write(json.dumps(metrics) + "\n")
+            self._write_fingerprint()  # before the first checkpoint: never a checkpoint without it
             self.manager.save(checkpoint_number=epoch_index + 1)
             # the longest validation and save so far: the time an epoch cut short still needs
             self._validation_reserve = max(self._validation_reserve, time.perf_counter() - validation_started)
