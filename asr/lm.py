@@ -273,6 +273,8 @@ def tune_main(model: str, manifest: Path, lm_path: Optional[Path] = None, trials
         raise UserError(f"manifest not found: {manifest}")
     files, references, _ = read_references(manifest)
     search_pairs(trials, start=(0.0, 0.0))  # a bad --trials fails before the model loads
+    if write and str(model).startswith(("models:/", "runs:/")):
+        raise UserError(f"{model} lives in MLflow: tune a local copy of its bundle, or pass --no-write")
     bundle_path = resolve_model_path(model)
     if write and bundle_path.resolve().parent == PACKAGE_FOLDER:
         raise UserError(f"{model} is a packaged model: tune a copy of {bundle_path}, or pass --no-write")
