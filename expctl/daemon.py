@@ -1,8 +1,11 @@
 """The consumer daemon: lock GPUs, claim one job at a time, run it, record how it ended.
 
 Single-threaded on purpose: the heartbeat runs in the main loop while the child runs, so the
-shepherd is always forked from the main thread (``PR_SET_PDEATHSIG`` follows the forking thread)
-and never from a process with other threads. Idle polling is cheap: SQLite's
+shepherd is always forked from the main thread (``PR_SET_PDEATHSIG`` follows the forking thread).
+The one exception: a tracker call runs in a helper thread (``expctl.tracking.SafeTracker``), so a
+tracker that hangs is given up after ``EXPCTL_TRACKER_TIMEOUT`` while the claimed job keeps its
+heartbeat; such a thread may still be blocked in a socket read when the shepherd is forked (the
+shepherd only makes plain system calls, so it takes none of that thread's locks). Idle polling is cheap: SQLite's
 ``PRAGMA data_version`` (changes only when another connection commits) or PostgreSQL's
 LISTEN/NOTIFY; a real claim is tried only when something changed, or every ``SAFETY_CLAIM_S``.
 """
@@ -490,8 +493,23 @@ class Daemon:
     # -------------------------------------------------------------- tracking
 
     def _claim_tracking(self, job: jobs.Job) -> jobs.Job:
-        """Tell the tracker the job starts; store a run it had to create now (it was down at enqueue)."""
-        created = self.tracker.on_claim(job)
+        """Tell the tracker the job starts; store a run it had to create now (it was down at enqueue).
+        The job's lease is kept alive while the tracker answers (it is given up after its timeout)."""
+        beat_s = max(0.2, min(self.options.lease_s / 3, MAX_HEARTBEAT_S))
+        next_beat = time.monotonic() + beat_s
+
+        def keep_lease() -> None:
+            nonlocal next_beat
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + beat_s
+                self._guarded(lambda: jobs.heartbeat(self.engine, job, self.worker_id, self.options.lease_s))
+                self._check_database()
+
+        self.tracker.while_waiting = keep_lease
+        try:
+            created = self.tracker.on_claim(job)
+        finally:
+            self.tracker.while_waiting = None
         if created and created.get("run_id"):
             run_id, uri = created["run_id"], created.get("uri")
             self._guarded(lambda: jobs.set_tracking(self.engine, job.id, run_id, uri))

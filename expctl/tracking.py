@@ -5,6 +5,13 @@ through :class:`SafeTracker`, which logs a tracker's first failure per hook and 
 tracker can never stop the queue. It also remembers the jobs whose tracking failed, so that the
 daemon (or ``expctl tracking sync``) can bring their runs up to date later. Select a tracker
 with ``--tracking none|mlflow`` or ``EXPCTL_TRACKING`` (default ``mlflow``).
+
+A tracker that hangs (a server that accepts connections and never answers) cannot hold the queue
+either: each hook runs in a helper thread and is given up after ``EXPCTL_TRACKER_TIMEOUT`` seconds
+(default 10; 0 runs hooks inline), while ``while_waiting`` (the daemon: the claimed job's
+heartbeat) keeps being called. Until a given-up call returns, further hooks are skipped at once
+(their jobs are marked for a later sync), so stuck calls never pile up. A run that a given-up call
+creates late is not stored on its job; the sync creates the job's run then.
 """
 
 from __future__ import annotations
@@ -12,8 +19,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from expctl.errors import UserError
 
@@ -21,6 +30,8 @@ logger = logging.getLogger("expctl.tracking")
 
 TRACKERS = ("none", "mlflow")
 DEFAULT_TRACKER = "mlflow"
+DEFAULT_TIMEOUT_S = 10.0
+WAIT_SLICE_S = 0.1  # how often ``while_waiting`` runs while a hook is out
 
 
 class TrackingPaused(ConnectionError):
@@ -66,22 +77,36 @@ class SafeTracker(Tracker):
     ``unsynced`` holds the ids of jobs whose tracking failed; a successful :meth:`sync` clears one.
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, timeout_s: float | None = None) -> None:
         self.inner = inner
         self.name = getattr(inner, "name", type(inner).__name__)
         self.unsynced: set[int] = set()
         self._reported: set[str] = set()
+        self.timeout_s = timeout_from_environment() if timeout_s is None else timeout_s
+        self.while_waiting: Callable[[], None] | None = None  # called every WAIT_SLICE_S while a hook is out
+        self._busy: threading.Thread | None = None  # a given-up call that has not returned yet
+
+    @property
+    def busy(self) -> bool:
+        """Whether a call that was given up on (timeout) is still out."""
+        if self._busy is not None and not self._busy.is_alive():
+            self._busy = None
+        return self._busy is not None
 
     @property
     def paused(self) -> bool:
-        """Whether the tracker failed moments ago and would refuse a call now."""
-        return bool(getattr(self.inner, "paused", False))
+        """Whether the tracker failed moments ago, or still hangs, and would refuse a call now."""
+        return self.busy or bool(getattr(self.inner, "paused", False))
 
     def _call(self, hook: str, default: Any, *args: Any) -> Any:
+        job_id = getattr(args[0], "id", None) if args else None
+        if self.busy:  # the tracker hangs: skip at once, the job's tracking is caught up later
+            if isinstance(job_id, int):
+                self.unsynced.add(job_id)
+            return default
         try:
-            return getattr(self.inner, hook)(*args)
+            return self._run(hook, args)
         except Exception as error:  # noqa: BLE001 - a tracker must never stop the queue
-            job_id = getattr(args[0], "id", None) if args else None
             if isinstance(job_id, int):
                 self.unsynced.add(job_id)
             if not isinstance(error, TrackingPaused) and hook not in self._reported:
@@ -90,6 +115,38 @@ class SafeTracker(Tracker):
                                self.name, hook, error)
             return default
 
+    def _run(self, hook: str, args: tuple) -> Any:
+        """The hook's result; in a helper thread given up on after ``timeout_s`` (TimeoutError)."""
+        if self.timeout_s <= 0:
+            return getattr(self.inner, hook)(*args)
+        outcome: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                outcome["value"] = getattr(self.inner, hook)(*args)
+            except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+                outcome["error"] = error
+
+        thread = threading.Thread(target=call, name=f"expctl-tracker-{hook}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            thread.join(max(0.0, min(WAIT_SLICE_S, deadline - time.monotonic())))
+            if not thread.is_alive() or time.monotonic() >= deadline:
+                break
+            if self.while_waiting is not None:
+                try:
+                    self.while_waiting()
+                except Exception as error:  # noqa: BLE001
+                    logger.warning("while waiting for tracker %s: %s", self.name, error)
+        if thread.is_alive():
+            self._busy = thread
+            raise TimeoutError(f"{self.name} did not answer within {self.timeout_s:g} s (EXPCTL_TRACKER_TIMEOUT); "
+                               "jobs keep running, their tracking is caught up once it answers")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
     def on_enqueue(self, job: Any) -> dict[str, str] | None:
         return self._call("on_enqueue", None, job)
 
@@ -97,7 +154,14 @@ class SafeTracker(Tracker):
         return self._call("on_claim", None, job)
 
     def child_env(self, job: Any) -> dict[str, str]:
-        env = self._call("child_env", {}, job)
+        try:  # local: no network, so no thread (and not skipped while the tracker hangs)
+            env = self.inner.child_env(job)
+        except Exception as error:  # noqa: BLE001 - a tracker must never stop the queue
+            if "child_env" not in self._reported:
+                self._reported.add("child_env")
+                logger.warning("tracker %s failed in child_env (further failures of this hook are not logged): %s",
+                               self.name, error)
+            env = {}
         return {str(key): str(value) for key, value in (env or {}).items()}
 
     def on_finish(self, job: Any, status: str, reason: str, log_path: str | None) -> None:
@@ -113,6 +177,20 @@ class SafeTracker(Tracker):
         return report
 
 
+def timeout_from_environment() -> float:
+    """``EXPCTL_TRACKER_TIMEOUT`` seconds (default 10; 0: hooks run inline, without a timeout)."""
+    text = os.environ.get("EXPCTL_TRACKER_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise UserError(f"EXPCTL_TRACKER_TIMEOUT={text[:40]!r}: expected seconds between 0 and 86400")
+    return value
+
+
 def get_tracker(name: str | None = None) -> SafeTracker:
     """The tracker called ``name`` (default ``EXPCTL_TRACKING``, else MLflow), wrapped in SafeTracker.
 
@@ -122,7 +200,7 @@ def get_tracker(name: str | None = None) -> SafeTracker:
     explicit = name or os.environ.get("EXPCTL_TRACKING")
     choice = (explicit or DEFAULT_TRACKER).strip().lower()
     if choice == "none":
-        return SafeTracker(Tracker())
+        return SafeTracker(Tracker(), timeout_s=0)  # nothing to wait for: no helper threads
     if choice == "mlflow":
         if importlib.util.find_spec("mlflow") is None:
             if explicit:
