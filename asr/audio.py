@@ -62,6 +62,11 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
             raise UserError(f"cannot read audio file {path}: {reason}") from None
     if signal.size == 0:
         raise UserError(f"audio file {path} has no samples")
+    finite = np.isfinite(signal)
+    if not finite.all():  # NaN or inf would turn every feature of the file into NaN
+        bad = int(signal.size - np.count_nonzero(finite))
+        what = "only NaN or infinite samples" if bad == signal.size else f"{bad} NaN or infinite sample(s)"
+        raise UserError(f"audio file {path} has {what}: not a valid recording")
     if rate != sample_rate:
         signal = librosa.resample(signal, orig_sr=rate, target_sr=sample_rate)
     return np.ascontiguousarray(signal, dtype=np.float32)
@@ -99,16 +104,23 @@ def file_features(path: str | Path, features_config: Any = None) -> np.ndarray:
     return compute_features(load_audio(path, int(config["sample_rate"])), config)
 
 
-def _file_features_worker(arguments: tuple[str, dict[str, Any]]) -> np.ndarray:
-    return file_features(*arguments)
+def _file_features_worker(arguments: tuple[str, dict[str, Any], bool]) -> Any:
+    path, config, keep_going = arguments
+    if not keep_going:
+        return file_features(path, config)
+    try:
+        return file_features(path, config)
+    except UserError as error:  # this file's fault: reported with the others' results
+        return error
 
 
 def extract_features(files: Sequence[str | Path], features_config: Any = None, jobs: int | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+                     progress: Callable[[int, int], None] | None = None, keep_going: bool = False) -> list[Any]:
     """Features of many files, in order, over ``jobs`` worker processes (librosa holds the GIL).
 
     Workers are started with ``forkserver`` so a parent that already runs TensorFlow is never
-    forked. ``progress(done, total)`` is called as results arrive.
+    forked. ``progress(done, total)`` is called as results arrive. An unreadable file raises
+    ``UserError``; with ``keep_going`` its place in the list holds that ``UserError`` instead.
     """
     config = _plain_config(features_config)
     total = len(files)
@@ -116,7 +128,7 @@ def extract_features(files: Sequence[str | Path], features_config: Any = None, j
     if jobs <= 1:
         results = []
         for index, path in enumerate(files):
-            results.append(file_features(path, config))
+            results.append(_file_features_worker((str(path), config, keep_going)))
             if progress:
                 progress(index + 1, total)
         return results
@@ -124,7 +136,8 @@ def extract_features(files: Sequence[str | Path], features_config: Any = None, j
     results = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         chunk = max(1, total // (jobs * 8))
-        for features in pool.map(_file_features_worker, [(str(path), config) for path in files], chunksize=chunk):
+        arguments = [(str(path), config, keep_going) for path in files]
+        for features in pool.map(_file_features_worker, arguments, chunksize=chunk):
             results.append(features)
             if progress:
                 progress(len(results), total)

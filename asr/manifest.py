@@ -122,6 +122,9 @@ def _read_csv(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[Utteranc
         record = dict(zip(header, row))
         if not record["wav_filename"]:
             raise UserError(f"{where}: empty wav_filename")
+        size = record.get("wav_filesize", "").strip()
+        if size and not (size.isascii() and size.isdigit()):
+            raise UserError(f"{where}: wav_filesize {size[:40]!r} is not a size in bytes (a whole number >= 0)")
         audio = _absolute(folder, record["wav_filename"])
         if record.get("duration"):
             duration = _parse_duration(record["duration"], where)

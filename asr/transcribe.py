@@ -107,8 +107,13 @@ def acoustic_logits(
     timings: Optional[Timings] = None,
     jobs: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    failures: Optional[list[tuple[int, str]]] = None,
 ) -> tuple[list[np.ndarray], list[float]]:
-    """Logits ``[T'_i, V]`` of each file (padding removed) and its duration in seconds, in input order."""
+    """Logits ``[T'_i, V]`` of each file (padding removed) and its duration in seconds, in input order.
+
+    An unreadable file raises ``UserError``; with a ``failures`` list it is left out instead and
+    ``(its index, the reason)`` is appended there (the results then hold the other files, in order).
+    """
     from asr.audio import extract_features, pad_features
     from asr.models import output_lengths
 
@@ -117,7 +122,13 @@ def acoustic_logits(
     started = time.perf_counter()
     if jobs is None:
         jobs = 1 if len(files) < FEATURE_POOL_MIN_FILES else None
-    features = extract_features([str(path) for path in files], config.features, jobs=jobs)
+    features = extract_features([str(path) for path in files], config.features, jobs=jobs,
+                                keep_going=failures is not None)
+    if failures is not None:
+        failures.extend((index, str(item)) for index, item in enumerate(features) if isinstance(item, UserError))
+        features = [item for item in features if not isinstance(item, UserError)]
+        if progress and len(features) < len(files):
+            progress(len(files) - len(features), len(files))
     timings.features += time.perf_counter() - started
     hop_seconds = float(config.features.hop_ms) / 1000.0
     durations = [max(len(item) - 1, 0) * hop_seconds for item in features]
@@ -132,7 +143,7 @@ def acoustic_logits(
             logits[index] = output[row, : int(frames[row])]
         done += len(batch_indices)
         if progress:
-            progress(done, len(files))
+            progress(done + len(files) - len(features), len(files))
     timings.acoustic_model += time.perf_counter() - started
     return [item for item in logits if item is not None], durations
 
@@ -155,12 +166,16 @@ def decode_logits(decoder: Decoder, logits: Sequence[np.ndarray], timings: Optio
 
 
 def transcribe_files(
-    pipeline: Any, files: Sequence[str | Path], decoder: Decoder, timings: Optional[Timings] = None
+    pipeline: Any, files: Sequence[str | Path], decoder: Decoder, timings: Optional[Timings] = None,
+    failures: Optional[list[tuple[int, str]]] = None,
 ) -> list[Transcript]:
-    """Transcripts of ``files`` in input order."""
-    logits, durations = acoustic_logits(pipeline, files, timings)
+    """Transcripts of ``files`` in input order; with a ``failures`` list, unreadable files are left out
+    and reported there (see :func:`acoustic_logits`)."""
+    logits, durations = acoustic_logits(pipeline, files, timings, failures=failures)
     texts = decode_logits(decoder, logits, timings)
-    return [Transcript(Path(path), text, duration) for path, text, duration in zip(files, texts, durations)]
+    failed = {index for index, _reason in failures or ()}
+    readable = [path for index, path in enumerate(files) if index not in failed]
+    return [Transcript(Path(path), text, duration) for path, text, duration in zip(readable, texts, durations)]
 
 
 def main(files: Sequence[Path], model: str, decoder: Optional[str] = None, as_json: bool = False) -> None:
@@ -168,12 +183,21 @@ def main(files: Sequence[Path], model: str, decoder: Optional[str] = None, as_js
     if not files:
         raise UserError("no audio files given")
     missing = [str(path) for path in files if not Path(path).is_file()]
-    if missing:
+    if len(missing) == len(files):  # nothing to transcribe: say so before the model loads
         raise UserError(f"audio file not found: {', '.join(missing)}")
     pipeline = load_pipeline(model)
+    failures: list[tuple[int, str]] = []
     with decoder_for(pipeline, decoder) as chosen:
-        for transcript in transcribe_files(pipeline, files, chosen):
+        # the readable files are transcribed and printed; the others are reported after them
+        for transcript in transcribe_files(pipeline, files, chosen, failures=failures):
             if as_json:
                 print(json.dumps(transcript.to_dict(), ensure_ascii=False))
             else:
                 print(f"{transcript.path}\t{transcript.text}")
+    sys.stdout.flush()
+    if len(failures) == 1:
+        raise UserError(failures[0][1])
+    if failures:
+        reasons = "; ".join(reason for _index, reason in failures[:3])
+        more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
+        raise UserError(f"{len(failures)} of {len(files)} files could not be transcribed: {reasons}{more}")
