@@ -135,7 +135,7 @@ def enqueue(
     results = submit(state.engine(), requests, tracker)
     total = sum(len(result.jobs) for result in results)
     for result in results:
-        ids = ", ".join(str(job.id) for job in result.jobs)
+        ids = _id_list([job.id for job in result.jobs])
         where = f"{result.request.label}: " if result.request.label else ""
         if result.sweep_id is not None:
             _say(f"{where}sweep {result.sweep_id}: queued {len(result.jobs)} jobs ({ids})")
@@ -144,6 +144,19 @@ def enqueue(
     if file is not None:
         _say(f"{total} job(s) queued from {file}")
     _report_untracked(tracker)
+
+
+def _id_list(ids: list[int], limit: int = 20) -> str:
+    """``1, 2, 3`` for a few ids; runs as ranges (``1-1000``) for many."""
+    if len(ids) <= limit:
+        return ", ".join(str(job_id) for job_id in ids)
+    runs: list[list[int]] = []
+    for job_id in ids:
+        if runs and job_id == runs[-1][1] + 1:
+            runs[-1][1] = job_id
+        else:
+            runs.append([job_id, job_id])
+    return ", ".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
 
 
 def _report_untracked(tracker) -> None:  # noqa: ANN001 - SafeTracker

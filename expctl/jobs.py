@@ -329,24 +329,24 @@ def enqueue_batches(
                             overrides=json.dumps(list(sweep.overrides)), created_at=at,
                         ).returning(sweeps.c.id)
                     ).scalar_one()
-                created: list[Job] = []
-                for item in items:
-                    row = connection.execute(
-                        insert(jobs).values(
-                            name=item.name, app=item.app, base=item.base,
-                            overrides=json.dumps(list(item.overrides)), config_yaml=item.config_yaml,
-                            config_hash=item.config_hash,
-                            dedup_key=None if item.allow_duplicate else item.config_hash,
-                            sweep_id=sweep_id, priority=item.priority, status=QUEUED, attempt=0,
-                            attempts_base=0, max_attempts=item.max_attempts, not_before=0.0,
-                            cancel_requested=False, created_at=at, updated_at=at,
-                            uuid=uuid_module.uuid4().hex, exp_dir=item.exp_dir,
-                        ).returning(*jobs.c)
-                    ).one()
-                    job = Job.from_row(row)
-                    message = f"priority {item.priority}" + (f", sweep {sweep_id}" if sweep_id else "")
-                    add_event(connection, job.id, "enqueued", message, at=at)
-                    created.append(job)
+                rows = [{
+                    "name": item.name, "app": item.app, "base": item.base,
+                    "overrides": json.dumps(list(item.overrides)), "config_yaml": item.config_yaml,
+                    "config_hash": item.config_hash, "dedup_key": None if item.allow_duplicate else item.config_hash,
+                    "sweep_id": sweep_id, "priority": item.priority, "status": QUEUED, "attempt": 0,
+                    "attempts_base": 0, "max_attempts": item.max_attempts, "not_before": 0.0,
+                    "cancel_requested": False, "created_at": at, "updated_at": at,
+                    "uuid": uuid_module.uuid4().hex, "exp_dir": item.exp_dir,
+                } for item in items]
+                # one statement for all rows (SQLAlchemy's "insertmanyvalues": batched INSERT ... RETURNING),
+                # rows back in the order given
+                inserted = connection.execute(insert(jobs).returning(*jobs.c, sort_by_parameter_order=True), rows)
+                created = [Job.from_row(row) for row in inserted.all()]
+                message = "" if sweep_id is None else f", sweep {sweep_id}"
+                connection.execute(_EVENT, [{
+                    "event_job": job.id, "event_time": at, "event_kind": "enqueued",
+                    "event_attempt": None, "event_worker": None, "event_message": f"priority {job.priority}{message}",
+                } for job in created])
                 results.append((created, sweep_id))
             _notify(connection)
     except IntegrityError:
@@ -361,6 +361,17 @@ def enqueue_batches(
                 raise _exp_dir_error(item, *owners[item.exp_dir]) from None
         raise
     return results
+
+
+def set_tracking_many(engine: Engine, runs: dict[int, tuple[str | None, str | None]]) -> None:
+    """Store many jobs' run ids and addresses in one transaction (``{job id: (run id, uri)}``)."""
+    if not runs:
+        return
+    statement = update(jobs).where(jobs.c.id == bindparam("job_id")).values(
+        tracking_run_id=bindparam("run_id"), tracking_uri=bindparam("uri"))
+    with engine.begin() as connection:
+        connection.execute(statement, [{"job_id": job_id, "run_id": run_id, "uri": uri}
+                                       for job_id, (run_id, uri) in runs.items()])
 
 
 def set_tracking(engine: Engine, job_id: int, run_id: str | None, uri: str | None) -> None:

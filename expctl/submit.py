@@ -103,11 +103,11 @@ def _submit(engine: Engine, requests: list[Request], tracker: SafeTracker) -> li
     results = [Submitted(request=request, jobs=job_list, sweep_id=sweep_id)
                for (request, _plan_), (job_list, sweep_id) in zip(plans, created)]
     try:
-        for result in results:
-            for job in result.jobs:
-                tracking = tracker.on_enqueue(job)
-                if tracking:
-                    jobs.set_tracking(engine, job.id, tracking.get("run_id"), tracking.get("uri"))
+        queued = [job for result in results for job in result.jobs]
+        # one batch: the tracker creates the runs side by side; their ids are stored in one transaction
+        created = tracker.on_enqueue_many(queued)
+        jobs.set_tracking_many(engine, {job_id: (run.get("run_id"), run.get("uri"))
+                                        for job_id, run in created.items() if run.get("run_id")})
     except KeyboardInterrupt:
         ids = [job.id for result in results for job in result.jobs]
         raise Interrupted(f"interrupted: {len(ids)} job(s) were queued ({ids[0]}-{ids[-1]}) but not all are "

@@ -31,6 +31,7 @@ logger = logging.getLogger("expctl.tracking")
 TRACKERS = ("none", "mlflow")
 DEFAULT_TRACKER = "mlflow"
 DEFAULT_TIMEOUT_S = 10.0
+PER_JOB_TIMEOUT_S = 0.5  # added to the timeout of a batch per job in it
 WAIT_SLICE_S = 0.1  # how often ``while_waiting`` runs while a hook is out
 
 
@@ -49,6 +50,14 @@ class Tracker:
     def on_enqueue(self, job: Any) -> dict[str, str] | None:
         """A job was enqueued; may return ``{"run_id": ..., "uri": ...}`` to store on the job."""
         return None
+
+    def on_enqueue_many(self, jobs: list[Any], done: Callable[[Any, dict[str, str]], None]) -> None:
+        """Many jobs were enqueued at once: call ``done(job, {"run_id": ..., "uri": ...})`` for each run
+        created (from any thread). The default calls :meth:`on_enqueue` job by job."""
+        for job in jobs:
+            created = self.on_enqueue(job)
+            if created:
+                done(job, created)
 
     def on_claim(self, job: Any) -> dict[str, str] | None:
         """A daemon claimed the job (``job.attempt`` is the new attempt); the child starts next.
@@ -152,6 +161,31 @@ class SafeTracker(Tracker):
 
     def on_claim(self, job: Any) -> dict[str, str] | None:
         return self._call("on_claim", None, job)
+
+    def on_enqueue_many(self, jobs: list[Any], done: Callable[[Any, dict[str, str]], None] | None = None,
+                        ) -> dict[int, dict[str, str]]:
+        """The runs created for ``jobs`` (by job id), in one go; the others are marked unsynced. Given up
+        after the timeout plus ``PER_JOB_TIMEOUT_S`` per job: what was created by then is kept."""
+        created: dict[int, dict[str, str]] = {}
+        lock = threading.Lock()
+
+        def record(job: Any, result: dict[str, str]) -> None:
+            with lock:
+                created[job.id] = result
+            if done is not None:
+                done(job, result)
+
+        saved = self.timeout_s
+        if saved > 0:
+            self.timeout_s = saved + PER_JOB_TIMEOUT_S * len(jobs)
+        try:
+            self._call("on_enqueue_many", None, list(jobs), record)
+        finally:
+            self.timeout_s = saved
+        with lock:
+            result = dict(created)
+        self.unsynced.update(job.id for job in jobs if job.id not in result)
+        return result
 
     def child_env(self, job: Any) -> dict[str, str]:
         try:  # local: no network, so no thread (and not skipped while the tracker hangs)
