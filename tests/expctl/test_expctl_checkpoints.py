@@ -27,7 +27,8 @@ def corpus(tmp_path_factory):
     return synthesize_corpus(tmp_path_factory.mktemp("corpus"), count=12, seed=7, quiet=True)
 
 
-def test_a_job_never_resumes_or_ships_another_jobs_checkpoint(world: Env, corpus) -> None:
+def test_a_job_never_resumes_or_ships_another_jobs_checkpoint(any_world: Env, corpus) -> None:
+    world = any_world
     data = [f"data.train_manifest={corpus['train']}", f"data.dev_manifest={corpus['dev']}"]
     broken = world.root / "broken-test.jsonl"
     broken.write_text("not a manifest line\n")
