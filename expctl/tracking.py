@@ -31,7 +31,6 @@ logger = logging.getLogger("expctl.tracking")
 TRACKERS = ("none", "mlflow")
 DEFAULT_TRACKER = "mlflow"
 DEFAULT_TIMEOUT_S = 10.0
-PER_JOB_TIMEOUT_S = 0.5  # added to the timeout of a batch per job in it
 WAIT_SLICE_S = 0.1  # how often ``while_waiting`` runs while a hook is out
 
 
@@ -107,14 +106,14 @@ class SafeTracker(Tracker):
         """Whether the tracker failed moments ago, or still hangs, and would refuse a call now."""
         return self.busy or bool(getattr(self.inner, "paused", False))
 
-    def _call(self, hook: str, default: Any, *args: Any) -> Any:
+    def _call(self, hook: str, default: Any, *args: Any, progress: Callable[[], int] | None = None) -> Any:
         job_id = getattr(args[0], "id", None) if args else None
         if self.busy:  # the tracker hangs: skip at once, the job's tracking is caught up later
             if isinstance(job_id, int):
                 self.unsynced.add(job_id)
             return default
         try:
-            return self._run(hook, args)
+            return self._run(hook, args, progress)
         except Exception as error:  # noqa: BLE001 - a tracker must never stop the queue
             if isinstance(job_id, int):
                 self.unsynced.add(job_id)
@@ -124,8 +123,9 @@ class SafeTracker(Tracker):
                                self.name, hook, error)
             return default
 
-    def _run(self, hook: str, args: tuple) -> Any:
-        """The hook's result; in a helper thread given up on after ``timeout_s`` (TimeoutError)."""
+    def _run(self, hook: str, args: tuple, progress: Callable[[], int] | None = None) -> Any:
+        """The hook's result; in a helper thread given up on after ``timeout_s`` (TimeoutError); with
+        ``progress`` (a count that grows as a batch advances), after ``timeout_s`` without progress."""
         if self.timeout_s <= 0:
             return getattr(self.inner, hook)(*args)
         outcome: dict[str, Any] = {}
@@ -139,8 +139,11 @@ class SafeTracker(Tracker):
         thread = threading.Thread(target=call, name=f"expctl-tracker-{hook}", daemon=True)
         thread.start()
         deadline = time.monotonic() + self.timeout_s
+        done = progress() if progress is not None else 0
         while True:
             thread.join(max(0.0, min(WAIT_SLICE_S, deadline - time.monotonic())))
+            if progress is not None and progress() != done:
+                done, deadline = progress(), time.monotonic() + self.timeout_s
             if not thread.is_alive() or time.monotonic() >= deadline:
                 break
             if self.while_waiting is not None:
@@ -165,7 +168,7 @@ class SafeTracker(Tracker):
     def on_enqueue_many(self, jobs: list[Any], done: Callable[[Any, dict[str, str]], None] | None = None,
                         ) -> dict[int, dict[str, str]]:
         """The runs created for ``jobs`` (by job id), in one go; the others are marked unsynced. Given up
-        after the timeout plus ``PER_JOB_TIMEOUT_S`` per job: what was created by then is kept."""
+        when no run was created for the timeout: what was created by then is kept."""
         created: dict[int, dict[str, str]] = {}
         lock = threading.Lock()
 
@@ -175,13 +178,11 @@ class SafeTracker(Tracker):
             if done is not None:
                 done(job, result)
 
-        saved = self.timeout_s
-        if saved > 0:
-            self.timeout_s = saved + PER_JOB_TIMEOUT_S * len(jobs)
-        try:
-            self._call("on_enqueue_many", None, list(jobs), record)
-        finally:
-            self.timeout_s = saved
+        def count() -> int:
+            with lock:
+                return len(created)
+
+        self._call("on_enqueue_many", None, list(jobs), record, progress=count)
         with lock:
             result = dict(created)
         self.unsynced.update(job.id for job in jobs if job.id not in result)

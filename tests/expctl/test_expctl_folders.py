@@ -47,7 +47,7 @@ def test_job_folders_are_unique_across_queue_databases(tmp_path, any_db_url: str
         assert os.readlink(tmp_path / "experiments" / "1") == folders[new].name
         shown = json.loads(new.run("show", "1", "--json", check=True).stdout)
         assert shown["job_dir"] == str(folders[new]) and shown["uuid"] == second.uuid
-        assert f"job folder" in new.run("show", "1", check=True).stdout
+        assert "job folder" in new.run("show", "1", check=True).stdout
     finally:
         old.close()
         new.close()

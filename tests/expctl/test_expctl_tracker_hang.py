@@ -76,3 +76,14 @@ def test_a_silent_tracker_neither_blocks_enqueue_nor_the_heartbeat_of_a_claimed_
     assert float(run[4]) - claimed_at < 15, world.daemon_logs()
     logs = world.daemon_logs()
     assert "did not answer within 3 s" in logs and "expctl tracking sync 1" in logs
+
+
+def test_a_big_sweep_waits_for_a_silent_tracker_once(world: Env, silent_server: str) -> None:
+    """The runs of a sweep are created as one batch, given up after the timeout without progress."""
+    world.vars.update(EXPCTL_TRACKING="mlflow", MLFLOW_TRACKING_URI=silent_server, EXPCTL_TRACKER_TIMEOUT="3")
+    started = time.monotonic()
+    result = world.cli("enqueue", "config", "tag=x", "n=range(0,40)", "--app", "expctl_fastapp", check=True)
+    assert time.monotonic() - started < 25, "enqueue waited for the silent tracker job by job"
+    assert "sweep 1: queued 40 jobs (1-40)" in result.stdout
+    assert "expctl tracking sync 1 2 3" in result.stderr
+    assert [job.tracking_run_id for job in jobs.list_jobs(world.engine)] == [None] * 40
