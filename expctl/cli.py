@@ -28,6 +28,9 @@ db_app = typer.Typer(help="Queue database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 tracking_app = typer.Typer(help="Experiment tracking (MLflow) of the queue's jobs.", no_args_is_help=True)
 app.add_typer(tracking_app, name="tracking")
+sweep_app = typer.Typer(help="Sweeps: list them, promote a sweep's best run to the MLflow Model Registry.",
+                        no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
 
 console = Console()
 error_console = Console(stderr=True)
@@ -519,6 +522,68 @@ def tracking_sync(
         error_console.print(f"error: {failures} job(s) could not be synced with MLflow at {tracker.uri}",
                             markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+@sweep_app.command("list")
+def sweep_list(
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the newest N sweeps."),
+    as_json: bool = _JSON_OPTION,
+) -> None:
+    """List sweeps: the spec as typed and their jobs by status."""
+    from expctl.promote import describe_counts, list_sweeps
+
+    found = list_sweeps(state.engine(), limit=limit)
+    if as_json:
+        _print_json([sweep.as_json() for sweep in found])
+        return
+    table = Table(title=f"{len(found)} sweep(s)")
+    for column in ("sweep", "name", "app", "spec", "jobs", "created"):
+        table.add_column(column, overflow="fold")
+    for sweep in found:
+        _row(table, sweep.id, sweep.name or "-", sweep.app, " ".join([sweep.base, *sweep.overrides]),
+             f"{sweep.jobs}: {describe_counts(sweep.counts)}" if sweep.jobs else "0", _when(sweep.created_at))
+    console.print(table)
+
+
+_PROMOTE_HELP = (
+    "Register the sweep's best succeeded run (its MLflow Model `model`) as a new version of NAME.\n\n"
+    "Among the sweep's jobs that succeeded and whose MLflow run holds METRIC (the run's latest value), the "
+    "lowest wins (--max: the highest; ties: the oldest job). Its runs:/<run_id>/model becomes a new version "
+    "of the registered model NAME (created if new) in the run's tracking store, optionally with an alias."
+)
+
+
+@sweep_app.command("promote", help=_PROMOTE_HELP)
+def sweep_promote(
+    sweep_id: int = typer.Argument(..., metavar="SWEEP", help="Sweep id (expctl sweep list)."),
+    metric: str = typer.Option(..., "--metric", help="The MLflow metric that ranks the runs (e.g. val_wer): "
+                                                     "each run's latest value."),
+    name: str = typer.Option(..., "--name", help="Registered model to add a version to (created if new)."),
+    higher_is_better: bool = typer.Option(False, "--max", "--higher-is-better",
+                                          help="The highest value wins (default: the lowest)."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Point this alias (e.g. champion) at the new version."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts instead of a line."),
+) -> None:
+    from expctl.promote import TrackerUnavailable, promote
+
+    try:
+        done = promote(state.engine(), sweep_id, metric, name, higher_is_better=higher_is_better, alias=alias,
+                       tracking=state.tracking)
+    except TrackerUnavailable as error:
+        error_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        _print_json(done.as_json())
+        return
+    direction = "highest" if higher_is_better else "lowest"
+    alias_text = f", alias {done.alias}" if done.alias else ""
+    alias_uri = f' or "models:/{done.name}@{done.alias}"' if done.alias else ""
+    _say(f"sweep {done.sweep_id}: job {done.job_id} (run {done.run_id}) has the {direction} {done.metric}="
+         f"{done.value:.6g} of {done.ranked} run(s) -> {done.name} version {done.version}{alias_text}; "
+         f'load_model("{done.model_uri}"){alias_uri}')
 
 
 @db_app.command("upgrade")
