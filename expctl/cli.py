@@ -581,9 +581,13 @@ def sweep_promote(
     direction = "highest" if higher_is_better else "lowest"
     alias_text = f", alias {done.alias}" if done.alias else ""
     alias_uri = f' or "models:/{done.name}@{done.alias}"' if done.alias else ""
+    from expctl.mlflow_tracker import tracking_uri
+
+    # The version lives in the run's store: say which when MLFLOW_TRACKING_URI points elsewhere.
+    where = "" if done.uri == tracking_uri() else f" with MLFLOW_TRACKING_URI={done.uri}"
     _say(f"sweep {done.sweep_id}: job {done.job_id} (run {done.run_id}) has the {direction} {done.metric}="
          f"{done.value:.6g} of {done.ranked} run(s) -> {done.name} version {done.version}{alias_text}; "
-         f'load_model("{done.model_uri}"){alias_uri}')
+         f'load_model("{done.model_uri}"){alias_uri}{where}')
 
 
 @db_app.command("upgrade")

@@ -378,12 +378,16 @@ def _tracking_uri(uri: str) -> Iterator[None]:
     ``models:/<model_id>`` source through it, not through the client it was called from)."""
     from mlflow.tracking._tracking_service import utils
 
-    previous = utils._tracking_uri
-    utils.set_tracking_uri(uri)
+    previous, variable = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    utils.set_tracking_uri(uri)  # sets MLFLOW_TRACKING_URI too (and None unsets it): both are put back
     try:
         yield
     finally:
         utils.set_tracking_uri(previous)
+        if variable is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
 
 
 def _register_in(client: Any, name: str, source: str, run_id: str, model_id: str | None, alias: str | None,

@@ -139,12 +139,16 @@ def using(uri: str) -> Iterator[None]:
     """MLflow's process-wide tracking URI set to ``uri`` meanwhile (then as it was: unset, usually)."""
     from mlflow.tracking._tracking_service import utils
 
-    previous = utils._tracking_uri
-    utils.set_tracking_uri(uri)
+    previous, variable = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    utils.set_tracking_uri(uri)  # sets MLFLOW_TRACKING_URI too (and None unsets it): both are put back
     try:
         yield
     finally:
         utils.set_tracking_uri(previous)
+        if variable is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
 
 
 def client(uri: str):  # noqa: ANN201
@@ -344,6 +348,12 @@ def test_promote_through_a_real_mlflow_server(world: Env, mlflow_server: str, ap
     with using(mlflow_server):
         model = mlflow.pyfunc.load_model("models:/asr-en/1")
         assert list(model.predict(pd.DataFrame({"audio": ["b.wav"]}))) == ["tiny:b.wav"]
+    # The runs live on the server, whatever MLFLOW_TRACKING_URI says now: the version goes there, and the
+    # line says where to load it from.
+    world.vars["MLFLOW_TRACKING_URI"] = f"sqlite:///{world.root / 'elsewhere.db'}"
+    again = world.run("sweep", "promote", "1", "--metric", "val_acc", "--max", "--name", "asr-en", check=True)
+    assert again.stdout.rstrip().endswith(f'load_model("models:/asr-en/2") with MLFLOW_TRACKING_URI={mlflow_server}')
+    assert registry.get_model_version("asr-en", "2").run_id == second.tracking_run_id
     # A server that stops answering: one line, exit 1, nothing hangs.
     world.vars.update(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     jobs.set_tracking(world.engine, first.id, first.tracking_run_id, world.vars["MLFLOW_TRACKING_URI"])
