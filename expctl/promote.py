@@ -368,12 +368,12 @@ def promote(engine: Engine, sweep_id: int, metric: str, name: str, higher_is_bet
 def _register(client: Any, name: str, source: str, run_id: str, model_id: str | None, alias: str | None,
               tags: dict[str, str]) -> Any:
     """Create the registered model if needed, then the version (and its alias), as ``mlflow.register_model``."""
-    with _tracking_uri(client.tracking_uri):  # the registry looks the logged model up there
+    with process_tracking_uri(client.tracking_uri):  # the registry looks the logged model up there
         return _register_in(client, name, source, run_id, model_id, alias, tags)
 
 
 @contextlib.contextmanager
-def _tracking_uri(uri: str) -> Iterator[None]:
+def process_tracking_uri(uri: str) -> Iterator[None]:
     """MLflow's process-wide tracking URI set to ``uri`` meanwhile (a registry store resolves a
     ``models:/<model_id>`` source through it, not through the client it was called from)."""
     from mlflow.tracking._tracking_service import utils

@@ -19,14 +19,10 @@ from asr.data.synth import synthesize_corpus
 from asr.errors import UserError
 from asr.training import CHECKPOINT_DIR, FINGERPRINT_FILE, train, training_fingerprint
 from asr.text import Alphabet
+from tests.tiny_model import TINY_PARAMETERS, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_PARAMETERS = {"rnn_type": "gru", "rnn_sizes": [16], "conv_filters": [4], "conv_kernels": [[11, 21]],
-                   "conv_strides": [[2, 2]], "dropout": 0.0}
-TINY = ["model.parameters.rnn_type=gru", "model.parameters.rnn_sizes=[16]", "model.parameters.conv_filters=[4]",
-        "model.parameters.conv_kernels=[[11,21]]", "model.parameters.conv_strides=[[2,2]]",
-        "model.parameters.dropout=0.0", "trainer.batch_size=8", "trainer.val_decode_limit=2",
-        "optimizer.schedule=constant"]
+TINY = tiny_overrides(16)
 
 
 @pytest.fixture(scope="module")

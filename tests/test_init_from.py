@@ -21,14 +21,11 @@ from asr.data.synth import synthesize_corpus
 from asr.errors import UserError
 from asr.pipeline import Pipeline
 from asr.text import Alphabet
+from tests.tiny_model import TINY_PARAMETERS, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_PARAMETERS = {"rnn_type": "gru", "rnn_sizes": [24], "conv_filters": [4], "conv_kernels": [[11, 21]],
-                   "conv_strides": [[2, 2]], "dropout": 0.0}
-TINY = ["model.parameters.rnn_type=gru", "model.parameters.rnn_sizes=[24]", "model.parameters.conv_filters=[4]",
-        "model.parameters.conv_kernels=[[11,21]]", "model.parameters.conv_strides=[[2,2]]",
-        "model.parameters.dropout=0.0", "trainer.batch_size=8", "trainer.val_decode_limit=2",
-        "optimizer.schedule=constant"]
+TINY_PARAMETERS = {**TINY_PARAMETERS, "rnn_sizes": [24]}
+TINY = tiny_overrides(24)
 
 
 @pytest.fixture(scope="module")

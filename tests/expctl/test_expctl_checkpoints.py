@@ -11,13 +11,11 @@ import pytest
 from expctl import jobs
 
 from expctl_helpers import Env
+from tests.tiny_model import tiny_overrides  # test data only: expctl itself never imports asr
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
-TINY = ["model.parameters.rnn_type=gru", "model.parameters.conv_filters=[4]",
-        "model.parameters.conv_kernels=[[11,21]]", "model.parameters.conv_strides=[[2,2]]",
-        "trainer.batch_size=8", "trainer.val_decode_limit=2", "optimizer.schedule=constant",
-        "trainer.early_stopping_patience=0"]
+TINY = [*tiny_overrides(rnn_size=None), "trainer.early_stopping_patience=0"]
 
 
 @pytest.fixture(scope="module")

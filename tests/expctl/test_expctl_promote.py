@@ -8,7 +8,6 @@ into its own run, as ``asr.train`` does; elsewhere fast jobs run and the test fi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -22,6 +21,7 @@ from typing import Iterator
 
 import pytest
 
+from expctl import promote
 from expctl_helpers import Env
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
@@ -134,21 +134,7 @@ def one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
     return lines[0]
 
 
-@contextlib.contextmanager
-def using(uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking URI set to ``uri`` meanwhile (then as it was: unset, usually)."""
-    from mlflow.tracking._tracking_service import utils
-
-    previous, variable = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    utils.set_tracking_uri(uri)  # sets MLFLOW_TRACKING_URI too (and None unsets it): both are put back
-    try:
-        yield
-    finally:
-        utils.set_tracking_uri(previous)
-        if variable is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = variable
+using = promote.process_tracking_uri  # MLflow's process-wide tracking URI, put back afterwards
 
 
 def client(uri: str):  # noqa: ANN201
