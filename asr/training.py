@@ -46,6 +46,7 @@ Metrics per epoch are appended to ``exp_dir/metrics.jsonl`` and passed to callba
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -64,6 +65,7 @@ from asr import models
 from asr.ctc import ctc_loss, minimum_frames
 from asr.dataset import Example, FeaturesFor, batch_order, in_memory_features, make_dataset, prepare_examples
 from asr.errors import NaNLossError, UserError
+from asr.feature_cache import content_hash
 from asr.manifest import read_manifest
 from asr.strategy import configure_threads, is_chief, make_strategy, writable_dir
 from asr.text import Alphabet
@@ -84,33 +86,26 @@ FINGERPRINT_DATA_KEYS = ("max_duration",)
 FINGERPRINT_MANIFESTS = ("train_manifest", "dev_manifest")
 
 
-def _file_sha256(path: str | None) -> str | None:
+def _manifest_content(path: str | None) -> str | None:
+    """The manifest's content hash (the same as the feature cache's), or why it could not be read."""
     if not path:
         return None
-    import hashlib
-
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
+        return content_hash(path)
     except OSError:
         return f"unreadable:{path}"
-    return digest.hexdigest()
 
 
 def training_fingerprint(config: DictConfig, alphabet: Alphabet) -> dict:
     """What a checkpoint trains, as plain data (see the module docstring): ``{"fingerprint": sha256,
     "training": {...}}``."""
-    import hashlib
-
     plain = OmegaConf.to_container(config, resolve=True)
     trainer, data = plain.get("trainer") or {}, plain.get("data") or {}
     training: dict[str, Any] = {group: plain.get(group) for group in FINGERPRINT_GROUPS}
     training["alphabet"] = list(alphabet.symbols)
     training["trainer"] = {key: trainer.get(key) for key in FINGERPRINT_TRAINER_KEYS}
     training["data"] = {key: data.get(key) for key in FINGERPRINT_DATA_KEYS}
-    training["data"].update({f"{key}_sha256": _file_sha256(data.get(key)) for key in FINGERPRINT_MANIFESTS})
+    training["data"].update({f"{key}_content": _manifest_content(data.get(key)) for key in FINGERPRINT_MANIFESTS})
     canonical = json.dumps(training, sort_keys=True, separators=(",", ":"), default=str)
     return {"fingerprint": hashlib.sha256(canonical.encode()).hexdigest(), "training": training}
 
@@ -130,8 +125,8 @@ def _differences(before: Any, now: Any, limit: int = 3) -> str:
     keys = sorted(key for key in set(old) | set(new) if old.get(key, "<unset>") != new.get(key, "<unset>"))
     shown = []
     for key in keys[:limit]:
-        if key.endswith("_sha256"):
-            shown.append(f"{key[:-len('_sha256')]}: other contents")
+        if key.endswith("_content"):
+            shown.append(f"{key[:-len('_content')]}: other contents")
         else:
             shown.append(f"{key}: {json.dumps(old.get(key, '<unset>'), default=str)[:60]} there, "
                          f"{json.dumps(new.get(key, '<unset>'), default=str)[:60]} here")

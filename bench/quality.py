@@ -59,6 +59,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from asr.data.synth import spoken_form
+
 SAMPLE_RATE = 16_000
 ESPEAK_SEED = 8_675_309  # the bench's own draw of espeak-ng voices, speeds and pitches per sentence
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
@@ -226,15 +228,6 @@ def cached_path(work: Path, voice: Voice, spoken: str, settings: Any = None) -> 
     return work / "audio" / voice.label.replace(" ", "-") / f"{digest}.wav"
 
 
-def spoken_form(sentence: str) -> str:
-    """What an engine reads: the sentence with its final punctuation (as asr.data.synth gives espeak-ng)."""
-    try:
-        from asr.data.synth import spoken_form as synth_spoken_form
-    except ImportError:
-        return sentence + "."
-    return synth_spoken_form(sentence)
-
-
 def run_tool(command: list[str], what: str, output: Path) -> None:
     """Run a synthesiser; RuntimeError with its last error line when it fails or writes nothing."""
     result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True)
@@ -260,11 +253,8 @@ def speak_tool(voice: Voice, spoken: str, target: Path) -> None:
 @functools.lru_cache(maxsize=1)
 def espeak() -> tuple[Callable, Callable, tuple[str, ...]]:
     """asr.data.synth's ``synthesize``, ``utterance_settings`` and the installed voice variants."""
-    try:
-        from asr.data.synth import available_variants, synthesize, utterance_settings
-    except ImportError as error:
-        raise BenchError(f"asr.data.synth cannot speak with espeak-ng here ({error}); "
-                         f"leave the set out with --sets festival,real") from None
+    from asr.data.synth import available_variants, synthesize, utterance_settings
+
     return synthesize, utterance_settings, available_variants()
 
 

@@ -77,6 +77,7 @@ TEXT_SOURCES = ("generator", "fortunes", "wordnet")
 NATURAL_TEXTS = {"fortunes": fortune_sentences, "wordnet": wordnet_sentences}
 # flite's English voices (Debian flite 2.2); awb_time only speaks times of day.
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
+FLITE_MISSING = "the flite engine needs Debian's flite program: run make voices (or apt-get install flite)"
 _FLITE_MEAN_PITCH = {"kal": 105.0, "kal16": 105.0, "awb": 110.0, "rms": 100.0, "slt": 170.0}  # Hz
 _QUESTION_STARTS = frozenset({"did", "do", "does", "can", "could", "will", "would", "should", "might", "where",
                               "when", "why", "how", "what", "who"})
@@ -211,16 +212,16 @@ def spoken_form(text: str) -> str:
 
 def flite_speak(text: str, settings: VoiceSettings) -> tuple[np.ndarray, int]:
     """float32 samples and their rate: the ``flite`` program reads ``text`` as ``settings`` say."""
-    if shutil.which("flite") is None:
-        raise UserError("the flite engine needs Debian's flite program: run make voices "
-                        "(or apt-get install flite)")
     with tempfile.TemporaryDirectory(prefix="asr-flite-") as folder:
         wav = os.path.join(folder, "speech.wav")
         pitch = _FLITE_MEAN_PITCH[settings.voice] * (0.8 + 0.4 * settings.pitch / 100.0)
         command = ["flite", "-voice", settings.voice, "-t", text, "-o", wav,
                    "--setf", f"duration_stretch={175.0 / settings.rate:.3f}",
                    "--setf", f"int_f0_target_mean={pitch:.1f}"]
-        completed = subprocess.run(command, capture_output=True, text=True)
+        try:
+            completed = subprocess.run(command, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise UserError(FLITE_MISSING) from None
         if completed.returncode != 0:
             raise RuntimeError(f"flite failed on {text!r} with voice {settings.voice}: "
                                f"{completed.stderr.strip() or completed.returncode}")
@@ -370,8 +371,8 @@ def synthesize_corpus(out_dir: Path, count: int, seed: int, splits: dict[str, fl
     sources = parse_choices(text, TEXT_SOURCES, "--text")
     if not 0.0 <= room <= 1.0:
         raise UserError(f"--room is a share of utterances between 0 and 1, not {room}")
-    if "flite" in engines and shutil.which("flite") is None:
-        raise UserError("the flite engine needs Debian's flite program: run make voices (or apt-get install flite)")
+    if "flite" in engines and shutil.which("flite") is None:  # before any worker starts
+        raise UserError(FLITE_MISSING)
     _check_arguments(out_dir, count, jobs, splits)
     sentences = corpus_sentences(count, seed, sources)
     width = max(6, len(str(count - 1)))

@@ -46,19 +46,19 @@ def test_a_job_never_resumes_or_ships_another_jobs_checkpoint(any_world: Env, co
     assert fingerprint["job"] == job.uuid
 
     # the folder is free again (A failed): B trains another model there, C the same one in another job
-    other = enqueue("model.parameters.rnn_sizes=[24]", "trainer.epochs=2", f"data.test_manifest={corpus['test']}")
-    daemon = world.daemon("--gpus", "none", "--until-empty", "--apps", "asr.train", "--backoff", "0.1")
-    assert daemon.wait(600) == 0, world.daemon_logs()
-    job = jobs.get_job(world.engine, other)
-    assert (job.status, job.exit_code, job.attempt) == ("failed", 2, 1), (job.end_reason, world.daemon_logs())
-    log = (world.root / "experiments" / jobs.job_folder(job) / "job.log").read_text()
+    def refused(rnn_size: int) -> tuple[jobs.Job, str]:
+        """Queue a 2-epoch job of ``rnn_size`` into the shared folder, run it: it fails once with exit 2."""
+        job_id = enqueue(f"model.parameters.rnn_sizes=[{rnn_size}]", "trainer.epochs=2",
+                         f"data.test_manifest={corpus['test']}")
+        daemon = world.daemon("--gpus", "none", "--until-empty", "--apps", "asr.train", "--backoff", "0.1")
+        assert daemon.wait(600) == 0, world.daemon_logs()
+        job = jobs.get_job(world.engine, job_id)
+        assert (job.status, job.exit_code, job.attempt) == ("failed", 2, 1), (job.end_reason, world.daemon_logs())
+        return job, (world.root / "experiments" / jobs.job_folder(job) / "job.log").read_text()
+
+    job, log = refused(24)
     assert "it trains something else (model.parameters.rnn_sizes: [16] there, [24] here)" in log, log[-3000:]
 
-    same = enqueue("model.parameters.rnn_sizes=[16]", "trainer.epochs=2", f"data.test_manifest={corpus['test']}")
-    daemon = world.daemon("--gpus", "none", "--until-empty", "--apps", "asr.train", "--backoff", "0.1")
-    assert daemon.wait(600) == 0, world.daemon_logs()
-    job = jobs.get_job(world.engine, same)
-    assert (job.status, job.exit_code, job.attempt) == ("failed", 2, 1), (job.end_reason, world.daemon_logs())
-    log = (world.root / "experiments" / jobs.job_folder(job) / "job.log").read_text()
+    job, log = refused(16)
     assert f"it belongs to queue job {fingerprint['job']}, not to this job ({job.uuid})" in log, log[-3000:]
     assert not (world.root / "runs" / "shared" / "model.bin").exists()  # nobody shipped A's weights
