@@ -272,7 +272,7 @@ def _load_keras_model(path: Path, model_file: Path) -> Any:
     # Imported here: a bundle that is refused never pays for TensorFlow's start-up.
     import keras
 
-    import asr.models  # noqa: F401  (registers the custom layers)
+    import asr.models.architectures  # noqa: F401  (registers the custom layers)
 
     try:
         return keras.saving.load_model(model_file, compile=False, safe_mode=True)

@@ -87,7 +87,7 @@ def lm_build(
     order: int = typer.Option(3, help="N-gram order."),
 ) -> None:
     """Build an n-gram language model (ARPA) from a text corpus."""
-    from asr import lm
+    from asr.decoding import lm
 
     _run(lambda: lm.build_main(text=text, out=out, order=order))
 
@@ -101,7 +101,7 @@ def lm_tune(
     write: bool = typer.Option(True, help="Write the best alpha/beta into the bundle."),
 ) -> None:
     """Search the LM weight alpha and word bonus beta on a dev manifest."""
-    from asr import lm
+    from asr.decoding import lm
 
     _run(lambda: lm.tune_main(model=model, manifest=manifest, lm_path=lm_path, trials=trials, write=write))
 
@@ -141,7 +141,7 @@ def export(
     quantize: str = typer.Option("none", help="none, or dynamic (tflite: int8 weights, float activations)."),
 ) -> None:
     """Export a model for deployment: SavedModel, TFLite or ONNX; raw 16 kHz audio in, CTC logits out."""
-    from asr import export as export_module
+    from asr.serving import export as export_module
 
     def run() -> None:
         path = export_module.export(model, fmt, out, quantize=quantize)
@@ -155,7 +155,7 @@ def models_list(
     as_json: bool = typer.Option(False, "--json", help="One JSON document: the folders searched and the models."),
 ) -> None:
     """Installed models: name, where, size, parameters, test WER/CER and decoder from each bundle's metadata."""
-    from asr import models_registry
+    from asr.pretrained import registry as models_registry
 
     _run(lambda: models_registry.list_main(as_json=as_json))
 

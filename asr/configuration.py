@@ -32,7 +32,7 @@ class FeaturesConfig:
 
 @dataclass
 class ModelParameters:
-    """Parameters of the architectures in ``asr.models``; each one reads what it needs."""
+    """Parameters of the architectures in ``asr.models.architectures``; each one reads what it needs."""
 
     rnn_type: str = "gru"  # "lstm" or "gru"
     rnn_sizes: list[int] = field(default_factory=lambda: [192, 192])
@@ -177,7 +177,7 @@ def validate(config: Any) -> DictConfig:
         raise UserError(f"bad configuration: {str(error).splitlines()[0]} "
                         f"(full key: {getattr(error, 'full_key', '?')})") from None
     _check_choices(merged)
-    from asr.augment import check_augment_config
+    from asr.audio.augment import check_augment_config
 
     check_augment_config(merged.augment)
     return merged

@@ -70,7 +70,7 @@ class Evaluation:
 
 def read_references(manifest: Path) -> tuple[list[str], list[str], list[float]]:
     """Files, normalised reference transcripts and manifest durations; an empty manifest is an error."""
-    from asr.manifest import read_manifest
+    from asr.data.manifest import read_manifest
     from asr.text import normalize_transcript
 
     utterances = read_manifest(manifest)

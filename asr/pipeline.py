@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from asr.configuration import Configuration
-from asr.models_registry import MODELS_DIR_VARIABLE, resolve_model_path, search_paths  # noqa: F401  (the one resolver)
+from asr.pretrained.registry import MODELS_DIR_VARIABLE, resolve_model_path, search_paths  # noqa: F401  (the one resolver)
 from asr.text import Alphabet
 
 logger = logging.getLogger(__name__)
@@ -45,8 +45,8 @@ class Pipeline:
     def from_configuration(cls, configuration: Any) -> "Pipeline":
         """A pipeline with a model built from ``configuration`` (then call ``train()``): new, or starting
         from the weights of the bundle named by ``trainer.init_from``."""
-        from asr.models import build_model
-        from asr.training import initialise_from_pretrained, load_alphabet
+        from asr.models.architectures import build_model
+        from asr.training.loop import initialise_from_pretrained, load_alphabet
 
         configuration = _as_configuration(configuration)
         alphabet = load_alphabet(configuration.config)
@@ -67,24 +67,24 @@ class Pipeline:
     # ----- inference -----------------------------------------------------------------------
     def get_features(self, files: Sequence[str | Path], return_lengths: bool = False) -> Any:
         """The padded feature batch of ``files`` with this model's feature configuration."""
-        from asr.audio import get_features
+        from asr.audio.features import get_features
 
         return get_features(files, self.configuration.features, return_lengths=return_lengths)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Logits ``[B, T', V]`` of a padded feature batch."""
-        from asr.training import predict_logits
+        from asr.training.loop import predict_logits
 
         return predict_logits(self.model, features)
 
     def output_lengths(self, feature_lengths: Any) -> Any:
-        from asr.models import output_lengths
+        from asr.models.architectures import output_lengths
 
         return output_lengths(np.asarray(feature_lengths), self.configuration.model)
 
     def decode(self, y_hat: Any, lm: str | Path | None = None, lengths: Any = None) -> list[str]:
         """Transcripts of logits ``y_hat`` with the configuration's decoder; ``lm`` overrides the LM path."""
-        from asr.decoding import make_decoder
+        from asr.decoding.decoders import make_decoder
 
         lm_path = str(lm) if lm else (str(self.language_model) if self.language_model else None)
         key = (OmegaConf.to_yaml(self.configuration.decoder), lm_path)
@@ -108,8 +108,8 @@ class Pipeline:
         The pipeline's model is the starting point (unless ``exp_dir`` holds a checkpoint to resume);
         ``trainer.init_from`` only applies when a model is built from the configuration.
         """
-        from asr.models_registry import check_same_alphabet
-        from asr.training import train
+        from asr.pretrained.registry import check_same_alphabet
+        from asr.training.loop import train
 
         config = self.configuration.config
         built_with = self.metadata.get("model", {}).get("name")
@@ -141,7 +141,7 @@ class Pipeline:
 
 def load_model(path_or_name: str | Path) -> Pipeline:
     """A :class:`Pipeline` from a model name (``en``: the package, ``~/.cache/asr/models``, ``$ASR_MODELS_DIR``)
-    or a bundle path; see :mod:`asr.models_registry`."""
+    or a bundle path; see :mod:`asr.pretrained.registry`."""
     from asr.bundle import load_bundle
 
     bundle = load_bundle(resolve_model_path(path_or_name))

@@ -34,7 +34,7 @@ SAMPLE_TRANSCRIPTS = 10
 def evaluate_split(model: Any, manifest: str, config: DictConfig, alphabet: Any) -> dict:
     """Greedy WER/CER on a manifest, with sample transcripts."""
     from asr.metrics import cer, wer
-    from asr.training import load_split, transcribe_examples
+    from asr.training.loop import load_split, transcribe_examples
 
     data = load_split(manifest, config, alphabet, "test")
     references, hypotheses = transcribe_examples(model, data, alphabet, config)
@@ -56,7 +56,7 @@ def check_files(config: DictConfig) -> None:
     # a run that will resume never loads init_from (the Trainer decides for sure; this skips the early check)
     may_resume = config.trainer.resume and Path(config.exp_dir, "checkpoints", "checkpoint").is_file()
     if config.trainer.get("init_from") and not may_resume:
-        from asr.models_registry import check_init_from
+        from asr.pretrained.registry import check_init_from
 
         check_init_from(config)
 
@@ -64,8 +64,8 @@ def check_files(config: DictConfig) -> None:
 def run(config: DictConfig, callbacks: Sequence[Any] = ()) -> dict:
     """Train, evaluate on the test manifest, write ``model.bin`` and ``result.json``; return the result."""
     from asr.bundle import save_bundle
-    from asr.strategy import configure_threads, is_chief, make_strategy
-    from asr.training import Trainer, load_alphabet
+    from asr.training.strategy import configure_threads, is_chief, make_strategy
+    from asr.training.loop import Trainer, load_alphabet
 
     started = time.perf_counter()
     exp_dir = Path(config.exp_dir)
@@ -109,7 +109,7 @@ def main(cfg: DictConfig) -> None:
         OmegaConf.set_readonly(config, True)
         logger.info("exp_dir: %s", config.exp_dir)
         check_files(config)
-        from asr.tracking import MlflowRunLogger, save_learning_curve
+        from asr.training.tracking import MlflowRunLogger, save_learning_curve
 
         mlflow_logger = MlflowRunLogger.from_environment()  # set by the queue: log into its MLflow run
         result = run(config, callbacks=[mlflow_logger] if mlflow_logger else [])

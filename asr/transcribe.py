@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from asr.decoding import Decoder, make_decoder
+from asr.decoding.decoders import Decoder, make_decoder
 from asr.errors import UserError
 
 BATCH_FRAMES = 16000  # feature frames per acoustic-model batch (160 s of audio at a 10 ms hop)
@@ -114,8 +114,8 @@ def acoustic_logits(
     An unreadable file raises ``UserError``; with a ``failures`` list it is left out instead and
     ``(its index, the reason)`` is appended there (the results then hold the other files, in order).
     """
-    from asr.audio import extract_features, pad_features
-    from asr.models import output_lengths
+    from asr.audio.features import extract_features, pad_features
+    from asr.models.architectures import output_lengths
 
     timings = timings if timings is not None else Timings()
     config = pipeline.configuration.config

@@ -64,11 +64,11 @@ def main() -> None:
     import jiwer
     import tensorflow as tf
 
-    from asr.audio import compute_features, load_audio
+    from asr.audio.features import compute_features, load_audio
     from asr.data.synth import synthesize_corpus
-    from asr.decoding import greedy_decode
-    from asr.export import ONNX_FILE, TFLITE_FILE, TFLiteRunner, export
-    from asr.models_registry import resolve_model_path
+    from asr.decoding.decoders import greedy_decode
+    from asr.serving.export import ONNX_FILE, TFLITE_FILE, TFLiteRunner, export
+    from asr.pretrained.registry import resolve_model_path
     from asr.pipeline import load_model
 
     work = arguments.work_dir

@@ -63,7 +63,7 @@ def make_corpus(folder: Path, count: int, seed: int, jobs: int) -> Path:
 
 
 def read_manifest(path: Path) -> tuple[list[str], list[str], list[float]]:
-    from asr.manifest import read_manifest as read
+    from asr.data.manifest import read_manifest as read
 
     utterances = read(path)
     return ([str(u.audio_filepath) for u in utterances], [u.text for u in utterances],
@@ -73,7 +73,7 @@ def read_manifest(path: Path) -> tuple[list[str], list[str], list[float]]:
 def make_language_model(path: Path, sentences: int, order: int, exclude: set[str]) -> dict:
     """An ARPA model of generated sentences that are not test sentences."""
     from asr.data.sentences import generate_sentences
-    from asr.lm import build_arpa
+    from asr.decoding.lm import build_arpa
 
     texts = [text for text in generate_sentences(sentences, LM_SEED) if text not in exclude]
     started = time.perf_counter()
@@ -147,7 +147,7 @@ def run_pocketsphinx(files: list[str], warmup: list[str], jobs: int, lm: Optiona
 def run_library(model: Path, files: list[str], warmup: list[str], lm: Path, beam_width: int,
                 alpha: float, beta: float, jobs: int) -> list[dict]:
     """Rows for greedy, beam, and beam+LM (pool and one process) on the same logits."""
-    from asr.decoding import BeamSearchDecoder, GreedyDecoder
+    from asr.decoding.decoders import BeamSearchDecoder, GreedyDecoder
     from asr.transcribe import Timings, acoustic_logits, decode_logits, load_pipeline
 
     pipeline = load_pipeline(model)
@@ -184,9 +184,9 @@ def run_library(model: Path, files: list[str], warmup: list[str], lm: Path, beam
 
 
 def tune(model: Path, manifest: Path, lm: Path, beam_width: int, trials: int) -> tuple[float, float]:
-    """alpha, beta from a random search on a dev manifest (asr.lm.tune_weights)."""
-    from asr.decoding import BeamSearchDecoder
-    from asr.lm import search_pairs, tune_weights
+    """alpha, beta from a random search on a dev manifest (asr.decoding.lm.tune_weights)."""
+    from asr.decoding.decoders import BeamSearchDecoder
+    from asr.decoding.lm import search_pairs, tune_weights
     from asr.transcribe import acoustic_logits, load_pipeline
 
     files, references, _ = read_manifest(manifest)

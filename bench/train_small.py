@@ -73,7 +73,7 @@ def main() -> None:
     import keras
 
     from asr.train import evaluate_split
-    from asr.training import Trainer, load_alphabet
+    from asr.training.loop import Trainer, load_alphabet
 
     keras.utils.set_random_seed(int(config.seed))
     started = time.perf_counter()
@@ -103,11 +103,11 @@ def main() -> None:
 
 def beam_lm_figures(model: Any, config: Any, alphabet: Any, order: int, lm_path: Path) -> dict:
     """Test CER/WER with beam search and an n-gram LM built from the *training* transcripts only."""
-    from asr.decoding import make_decoder
-    from asr.lm import build_arpa
-    from asr.manifest import read_manifest
+    from asr.decoding.decoders import make_decoder
+    from asr.decoding.lm import build_arpa
+    from asr.data.manifest import read_manifest
     from asr.metrics import cer, wer
-    from asr.training import load_split, transcribe_examples
+    from asr.training.loop import load_split, transcribe_examples
 
     started = time.perf_counter()
     build_arpa([utterance.text.split() for utterance in read_manifest(config.data.train_manifest)], order).write(lm_path)

@@ -31,9 +31,9 @@ def measure(intra_op: int, gru: str, batch: int) -> None:
     import keras
     from omegaconf import OmegaConf
 
-    from asr import models
+    from asr.models import architectures as models
     from asr.configuration import ModelConfig
-    from asr.ctc import ctc_loss
+    from asr.models.ctc import ctc_loss
 
     if gru == "keras":
         models.ProjectedGRU = keras.layers.GRU  # type: ignore[misc]  # the builder looks it up at call time

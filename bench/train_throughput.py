@@ -8,7 +8,7 @@ One process, one model (the default ``deepspeech2`` configuration), one training
 (epoch 1: length-bucketed and shuffled) measured four ways, in audio-seconds per second:
 
 * in-memory: the epoch's padded batches materialised as tensors beforehand: the model's ceiling;
-* cold: the real pipeline (``asr.dataset.make_dataset``) over an empty ``FeatureCache``: every
+* cold: the real pipeline (``asr.data.dataset.make_dataset``) over an empty ``FeatureCache``: every
   feature is computed (and stored) inside ``tf.data`` while training;
 * cold, prefilled: ``FeatureCache.extract_many`` fills the empty cache in worker processes, then
   the real pipeline reads it; the fill time is counted;
@@ -18,7 +18,7 @@ One process, one model (the default ``deepspeech2`` configuration), one training
   run would see it: content hashes come from the on-disk index, features from ``.npy`` files).
 
 Each row is the best of ``--repeats`` epochs (the cold rows empty the cache before each). The
-steps are the trainer's own ``tf.function`` (``asr.training.Trainer``), traced once before timing.
+steps are the trainer's own ``tf.function`` (``asr.training.loop.Trainer``), traced once before timing.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def synthesise_corpus(folder: Path, count: int, low: float, high: float, seed: i
     """WAVs of speech-like noise (harmonic tones under a syllable envelope) and random letter transcripts."""
     import soundfile
 
-    from asr.manifest import Utterance, write_manifest
+    from asr.data.manifest import Utterance, write_manifest
 
     rng = np.random.default_rng(seed)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
@@ -96,14 +96,14 @@ def main() -> None:
     import tensorflow as tf
     from omegaconf import OmegaConf
 
-    from asr import models
-    from asr.audio import extract_features, file_features
+    from asr.models import architectures as models
+    from asr.audio.features import extract_features, file_features
     from asr.configuration import validate
-    from asr.dataset import batch_order, make_dataset, prepare_examples
-    from asr.feature_cache import FeatureCache
-    from asr.manifest import read_manifest
+    from asr.data.dataset import batch_order, make_dataset, prepare_examples
+    from asr.data.feature_cache import FeatureCache
+    from asr.data.manifest import read_manifest
     from asr.text import Alphabet
-    from asr.training import SplitData, Trainer
+    from asr.training.loop import SplitData, Trainer
 
     work = arguments.work_dir or Path(tempfile.mkdtemp(prefix="asr-throughput-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,7 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
 def numeric_leaves(value: Any, prefix: str = "") -> dict[str, float]:
     """Numbers in nested dicts, keys joined by ``_`` (``{"test": {"wer": 0.3}}`` → ``{"test_wer": 0.3}``).
 
-    Lists, strings and booleans are left out. ``asr.tracking`` logs a training's ``result.json``
+    Lists, strings and booleans are left out. ``asr.training.tracking`` logs a training's ``result.json``
     the same way, so both sides agree on the names.
     """
     if isinstance(value, dict):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from asr.audio import compute_features, get_features, load_audio
+from asr.audio.features import compute_features, get_features, load_audio
 from asr.configuration import FeaturesConfig
 from asr.errors import UserError
 

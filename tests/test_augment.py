@@ -8,7 +8,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asr.augment import (add_noise, augment_waveform, check_augment_config, map_spec_augment, spec_augment,
+from asr.audio.augment import (add_noise, augment_waveform, check_augment_config, map_spec_augment, spec_augment,
                          speed_perturb)
 from asr.configuration import AugmentConfig
 from asr.errors import UserError

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from asr.cli import app
 from asr.errors import UserError
-from asr.manifest import read_manifest
+from asr.data.manifest import read_manifest
 
 runner = CliRunner()
 
@@ -24,7 +24,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from asr.bundle import save_bundle
     from asr.configuration import validate
     from asr.data.synth import synthesize_corpus
-    from asr.models import build_model
+    from asr.models.architectures import build_model
     from asr.text import Alphabet
 
     folder = tmp_path_factory.mktemp("bad-audio")

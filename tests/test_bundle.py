@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from asr.bundle import load_bundle, save_bundle
 from asr.configuration import TrainConfig
 from asr.errors import UserError
-from asr.models import build_model
+from asr.models.architectures import build_model
 from asr.text import Alphabet
 
 

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asr import decoding
+from asr.decoding import decoders as decoding
 from asr.configuration import DecoderConfig
-from asr.decoding import BeamSearchDecoder, greedy_decode, make_decoder
+from asr.decoding.decoders import BeamSearchDecoder, greedy_decode, make_decoder
 from asr.errors import UserError
-from asr.lm import build_arpa
+from asr.decoding.lm import build_arpa
 from asr.text import Alphabet
 
 ALPHABET = Alphabet.default()
@@ -230,7 +230,7 @@ def test_missing_unigram_file(small_lm: Path, tmp_path: Path) -> None:
 
 def test_dropping_repeated_blank_frames_changes_no_transcript(small_lm: Path) -> None:
     """The speed-up in BeamSearchDecoder is exact: pyctcdecode on all frames reads the same."""
-    from asr.decoding import drop_repeated_blank_frames, log_softmax
+    from asr.decoding.decoders import drop_repeated_blank_frames, log_softmax
 
     rng = np.random.default_rng(1)
     words = "the speech is clear recognition works we like".split()

@@ -36,16 +36,16 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import asr.strategy
+    import asr.training.strategy
 
-    make_strategy = asr.strategy.make_strategy
+    make_strategy = asr.training.strategy.make_strategy
 
     def observed_make_strategy(name):
         strategy = make_strategy(name)
         print(f"REPLICAS {type(strategy).__name__} {strategy.num_replicas_in_sync}", flush=True)
         return strategy
 
-    asr.strategy.make_strategy = observed_make_strategy
+    asr.training.strategy.make_strategy = observed_make_strategy
     sys.argv = ["asr.train", *sys.argv[1:]]
     runpy.run_module("asr.train", run_name="__main__")
 """)

@@ -45,7 +45,7 @@ def trained(tmp_path_factory):
 
 def keras_reference(pipeline, wavs):
     """Per-utterance logits of the Keras model (padding removed) and their greedy transcripts."""
-    from asr.decoding import greedy_decode
+    from asr.decoding.decoders import greedy_decode
 
     features, lengths = pipeline.get_features(wavs, return_lengths=True)
     logits = np.asarray(pipeline.predict(features))
@@ -55,7 +55,7 @@ def keras_reference(pipeline, wavs):
 
 
 def audio_batch(wavs):
-    from asr.audio import load_audio
+    from asr.audio.features import load_audio
 
     signals = [load_audio(path, 16000) for path in wavs]
     batch = np.zeros((len(signals), max(len(signal) for signal in signals)), dtype=np.float32)
@@ -67,7 +67,7 @@ def audio_batch(wavs):
 def test_saved_model_takes_audio_and_matches_keras(trained, tmp_path):
     import tensorflow as tf
 
-    from asr.export import export
+    from asr.serving.export import export
 
     out = export(str(trained["bundle"]), "saved_model", tmp_path / "saved")
     description = json.loads((out / "export.json").read_text())
@@ -85,8 +85,8 @@ def test_saved_model_takes_audio_and_matches_keras(trained, tmp_path):
 
 
 def test_tflite_float32_and_dynamic_int8_match_keras(trained, tmp_path):
-    from asr.decoding import greedy_decode
-    from asr.export import TFLITE_FILE, TFLiteRunner, export
+    from asr.decoding.decoders import greedy_decode
+    from asr.serving.export import TFLITE_FILE, TFLiteRunner, export
 
     signals, _, _ = audio_batch(trained["wavs"])
     expected, transcripts = keras_reference(trained["pipeline"], trained["wavs"])
@@ -118,8 +118,8 @@ def test_onnx_matches_keras(trained, tmp_path):
     """Runs where tf2onnx, onnx and onnxruntime are installed (optional: not dependencies of asr)."""
     pytest.importorskip("tf2onnx")
     onnxruntime = pytest.importorskip("onnxruntime")
-    from asr.decoding import greedy_decode
-    from asr.export import ONNX_FILE, export
+    from asr.decoding.decoders import greedy_decode
+    from asr.serving.export import ONNX_FILE, export
 
     out = export(str(trained["bundle"]), "onnx", tmp_path / "onnx")
     session = onnxruntime.InferenceSession(str(out / ONNX_FILE), providers=["CPUExecutionProvider"])
@@ -137,7 +137,7 @@ def test_rnns_are_traced_without_cudnn_and_restored(trained):
     """On a GPU machine Keras would trace cuDNN kernels into the graph; exports switch that off."""
     import keras
 
-    from asr.export import portable_rnns
+    from asr.serving.export import portable_rnns
 
     model = trained["pipeline"].model
     recurrent = [sub for layer in model.layers if isinstance(layer, keras.layers.Bidirectional)

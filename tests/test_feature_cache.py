@@ -15,9 +15,9 @@ import pytest
 import soundfile
 from omegaconf import OmegaConf
 
-import asr.feature_cache as feature_cache_module
+import asr.data.feature_cache as feature_cache_module
 from asr.configuration import FeaturesConfig
-from asr.feature_cache import FeatureCache, config_hash
+from asr.data.feature_cache import FeatureCache, config_hash
 
 CONFIG = {"type": "mfcc", "num_features": 13}
 
@@ -103,7 +103,7 @@ def test_corrupt_entry_is_recomputed(tmp_path: Path, audio: list[Path], damage: 
     content = entry.read_bytes()
     entry.write_bytes({"truncate": content[: len(content) // 2], "garbage": b"\x93NUMPY garbage" * 9,
                        "empty": b""}[damage])
-    with caplog.at_level(logging.WARNING, logger="asr.feature_cache"):
+    with caplog.at_level(logging.WARNING, logger="asr.data.feature_cache"):
         recovered = cache.get_or_compute(audio[1], CONFIG, compute)
     np.testing.assert_array_equal(recovered, expected)
     assert len(_calls(log)) == 2 and cache.statistics.corrupt_recomputed == 1
@@ -154,7 +154,7 @@ def test_extract_many_with_worker_processes_keeps_order(tmp_path: Path, audio: l
 
 
 def test_a_failing_compute_in_a_worker_reaches_the_caller(tmp_path: Path, audio: list[Path]) -> None:
-    from asr.audio import file_features
+    from asr.audio.features import file_features
     from asr.errors import UserError
 
     broken = tmp_path / "audio" / "broken.wav"

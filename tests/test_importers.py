@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from asr.data.importers import import_commonvoice, import_librispeech, normalize_sentence
 from asr.errors import UserError
-from asr.manifest import read_manifest
+from asr.data.manifest import read_manifest
 
 MP3_WRITABLE = "MP3" in soundfile.available_formats()
 

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from asr.cli import app
 from asr.configuration import DecoderConfig
-from asr.decoding import greedy_decode, make_decoder
+from asr.decoding.decoders import greedy_decode, make_decoder
 from asr.errors import UserError
-from asr.lm import adjust_counts, build_arpa, count_ngrams, estimate_discounts, read_sentences
+from asr.decoding.lm import adjust_counts, build_arpa, count_ngrams, estimate_discounts, read_sentences
 from asr.text import Alphabet
 from tests.test_decoding import logits_for
 

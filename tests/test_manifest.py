@@ -11,7 +11,7 @@ import pytest
 import soundfile
 
 from asr.errors import UserError
-from asr.manifest import Utterance, read_manifest, read_manifest_with_stats, write_manifest
+from asr.data.manifest import Utterance, read_manifest, read_manifest_with_stats, write_manifest
 
 
 def _tone(path: Path, seconds: float, sample_rate: int = 16000) -> Path:
@@ -50,7 +50,7 @@ def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
 def test_max_duration_skips_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     manifest = tmp_path / "m.jsonl"
     write_manifest(manifest, [Utterance(tmp_path / f"{i}.wav", float(i), "x") for i in range(1, 6)])
-    with caplog.at_level(logging.WARNING, logger="asr.manifest"):
+    with caplog.at_level(logging.WARNING, logger="asr.data.manifest"):
         kept = read_manifest(manifest, max_duration=3.0)
     assert [u.duration for u in kept] == [1.0, 2.0, 3.0]
     assert "skipped 2 of 5 utterances longer than 3 s" in caplog.text
@@ -61,7 +61,7 @@ def test_max_duration_skips_and_says_so(tmp_path: Path, caplog: pytest.LogCaptur
 def test_nothing_logged_when_nothing_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     manifest = tmp_path / "m.jsonl"
     write_manifest(manifest, [Utterance(tmp_path / "a.wav", 1.0, "x")])
-    with caplog.at_level(logging.WARNING, logger="asr.manifest"):
+    with caplog.at_level(logging.WARNING, logger="asr.data.manifest"):
         read_manifest(manifest, max_duration=3.0)
     assert caplog.text == ""
 

@@ -12,7 +12,7 @@ from asr.data.synth import synthesize_corpus
 
 @pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
 def test_mixed_precision_training_keeps_logits_float32_and_leaves_the_global_policy_alone(tmp_path, rnn_type):
-    from asr.training import Trainer
+    from asr.training.loop import Trainer
 
     corpus = synthesize_corpus(tmp_path / "corpus", count=10, seed=3, quiet=True)
     config = validate({

@@ -52,7 +52,7 @@ def run(store, tmp_path_factory):
     from mlflow import MlflowClient
 
     from asr.pipeline import Pipeline
-    from asr.tracking import MlflowRunLogger
+    from asr.training.tracking import MlflowRunLogger
 
     folder = tmp_path_factory.mktemp("run")
     corpus = synthesize_corpus(folder / "corpus", count=12, seed=3, quiet=True)
@@ -261,7 +261,7 @@ def test_a_run_logged_to_an_mlflow_server_loads_from_its_registry(run, tmp_path,
     from mlflow import MlflowClient
 
     import asr
-    from asr.tracking import MlflowRunLogger
+    from asr.training.tracking import MlflowRunLogger
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

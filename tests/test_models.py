@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from asr.configuration import ModelConfig
 from asr.errors import UserError
-from asr.models import build_model, frame_lengths, output_lengths
+from asr.models.architectures import build_model, frame_lengths, output_lengths
 
 NUM_FEATURES, NUM_LABELS = 26, 29
 
@@ -94,7 +94,7 @@ def test_unknown_model_lists_the_known_ones():
 def test_projected_gru_matches_keras_gru_with_masks_and_gradients(go_backwards):
     import tensorflow as tf
 
-    from asr.models import ProjectedGRU
+    from asr.models.architectures import ProjectedGRU
 
     settings = dict(units=6, return_sequences=True, reset_after=True, go_backwards=go_backwards)
     keras_gru, projected_gru = keras.layers.GRU(**settings), ProjectedGRU(**settings)

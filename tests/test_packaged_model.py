@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from asr import load_model
-from asr.decoding import make_decoder
+from asr.decoding.decoders import make_decoder
 from asr.metrics import cer, wer
-from asr.models_registry import PACKAGE_FOLDER
+from asr.pretrained.registry import PACKAGE_FOLDER
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SAMPLES = REPOSITORY / "recipes" / "en" / "samples"

@@ -75,7 +75,7 @@ def test_saved_bundle_loads_and_transcribes(trained, corpus):
 
 
 def test_low_level_path_matches_the_pipeline(trained, corpus):
-    from asr.audio import get_features
+    from asr.audio.features import get_features
     from asr.text import get_batch_labels
 
     pipeline, _, _ = trained
@@ -102,7 +102,7 @@ def test_assigning_a_configuration_and_training_tunes_the_loaded_weights(trained
 
 def test_a_nan_loss_stops_training_naming_the_batch_files(corpus, tmp_path):
     from asr.errors import NaNLossError
-    from asr.training import SplitData, Trainer, load_split
+    from asr.training.loop import SplitData, Trainer, load_split
 
     config = tiny_configuration(corpus, tmp_path / "nan", epochs=1).config
     config.data.dev_manifest = None

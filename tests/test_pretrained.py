@@ -15,12 +15,12 @@ from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 import asr
-from asr import models_registry
+from asr.pretrained import registry as models_registry
 from asr.bundle import save_bundle
 from asr.cli import app
 from asr.configuration import TrainConfig
 from asr.errors import UserError
-from asr.models import build_model
+from asr.models.architectures import build_model
 from asr.text import Alphabet
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 import soundfile
 from hypothesis import given, settings
 
-from asr.augment import band_limit, colored_noise, reverberate
+from asr.audio.augment import band_limit, colored_noise, reverberate
 from asr.data import synth, texts
 from asr.data.synth import SAMPLE_RATE, corpus_sentences, synthesize_corpus, utterance_settings
 from asr.errors import UserError

@@ -10,7 +10,7 @@ import pytest
 
 CODE = """
 import sys, tensorflow as tf
-from asr.strategy import configure_threads
+from asr.training.strategy import configure_threads
 intra, inter = (None if value == "None" else int(value) for value in sys.argv[1:3])
 configure_threads(intra, inter)
 tf.ones([1]) + 1  # the runtime starts: thread settings are final now

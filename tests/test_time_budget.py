@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from asr.configuration import validate
 from asr.data.synth import synthesize_corpus
-from asr.training import CHECKPOINT_DIR, METRICS_FILE, Trainer, cosine_learning_rate
+from asr.training.loop import CHECKPOINT_DIR, METRICS_FILE, Trainer, cosine_learning_rate
 
 TINY_MODEL = {"rnn_type": "gru", "rnn_sizes": [8], "conv_filters": [2], "conv_kernels": [[11, 11]],
               "conv_strides": [[2, 2]]}
@@ -91,7 +91,7 @@ def test_a_time_limit_is_refused_under_several_workers(corpus, tmp_path):
 import tensorflow as tf
 from asr.configuration import validate
 from asr.errors import UserError
-from asr.training import Trainer
+from asr.training.loop import Trainer
 config = validate({{"data": {{"train_manifest": {str(corpus["train"])!r}, "dev_manifest": None, "test_manifest": None}},
                    "trainer": {{"time_limit_minutes": 5}}, "exp_dir": {str(tmp_path)!r}}})
 try:

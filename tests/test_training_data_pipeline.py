@@ -42,9 +42,9 @@ def cache_entries(cache_dir: Path) -> dict[Path, int]:
 
 
 def test_cache_is_filled_on_first_use_and_reused_by_the_next_run(corpus, tmp_path, caplog):
-    from asr.manifest import read_manifest
+    from asr.data.manifest import read_manifest
     from asr.text import Alphabet
-    from asr.training import Trainer, load_split
+    from asr.training.loop import Trainer, load_split
 
     cache_dir = tmp_path / "cache"
     config = make_config(corpus, tmp_path / "exp-1", cache_dir)
@@ -52,7 +52,7 @@ def test_cache_is_filled_on_first_use_and_reused_by_the_next_run(corpus, tmp_pat
     assert not cache_entries(cache_dir), "frame counts must come from durations: nothing computed up front"
     files = {utterance.audio_filepath for utterance in read_manifest(corpus["train"])}
 
-    caplog.set_level(logging.INFO, logger="asr.training")
+    caplog.set_level(logging.INFO, logger="asr.training.loop")
     first = Trainer(config, train_data=train).fit()
     assert "worker process(es) filling ahead" in caplog.text  # a cold cache is filled ahead of the reader
     caplog.clear()
@@ -67,9 +67,9 @@ def test_cache_is_filled_on_first_use_and_reused_by_the_next_run(corpus, tmp_pat
 
 
 def test_cached_features_and_estimated_frame_counts_match_the_audio(corpus, tmp_path):
-    from asr.audio import file_features
+    from asr.audio.features import file_features
     from asr.text import Alphabet
-    from asr.training import load_split
+    from asr.training.loop import load_split
 
     config = make_config(corpus, tmp_path / "exp", tmp_path / "cache")
     train = load_split(config.data.train_manifest, config, Alphabet.default(), "train")
@@ -80,7 +80,7 @@ def test_cached_features_and_estimated_frame_counts_match_the_audio(corpus, tmp_
 
 
 def test_augment_config_masks_training_batches_only(corpus, tmp_path):
-    from asr.training import Trainer
+    from asr.training.loop import Trainer
 
     augment = {"freq_masks": 2, "freq_mask_width": 8, "time_masks": 2, "time_mask_width": 20}
     trainer = Trainer(make_config(corpus, tmp_path / "exp", augment=augment))
@@ -128,7 +128,7 @@ def _training_features(trainer, epoch: int) -> dict[int, np.ndarray]:
 
 
 def test_speed_perturbation_and_noise_reach_training_batches_reproducibly(corpus, tmp_path):
-    from asr.training import Trainer
+    from asr.training.loop import Trainer
 
     augment = {"speed_perturb": [0.8, 1.25], "noise_probability": 1.0, "noise_snr_db": [10.0, 10.0]}
     trainer = Trainer(make_config(corpus, tmp_path / "exp", augment=augment))
@@ -152,7 +152,7 @@ def test_speed_perturbation_and_noise_reach_training_batches_reproducibly(corpus
 
 
 def test_noise_alone_keeps_the_length_and_changes_the_features(corpus, tmp_path):
-    from asr.training import Trainer
+    from asr.training.loop import Trainer
 
     trainer = Trainer(make_config(corpus, tmp_path / "exp", augment={"noise_probability": 1.0,
                                                                      "noise_snr_db": [5.0, 5.0]}))
@@ -163,7 +163,7 @@ def test_noise_alone_keeps_the_length_and_changes_the_features(corpus, tmp_path)
 
 
 def test_a_speed_up_too_fast_for_the_transcript_keeps_the_original_speed(corpus, tmp_path):
-    from asr.training import Trainer
+    from asr.training.loop import Trainer
 
     trainer = Trainer(make_config(corpus, tmp_path / "exp", augment={"speed_perturb": [50.0]}))
     trainer._load_data()
@@ -175,7 +175,7 @@ def test_a_speed_up_too_fast_for_the_transcript_keeps_the_original_speed(corpus,
 def test_training_with_recorded_noise_from_noise_dir(corpus, tmp_path):
     import soundfile
 
-    from asr.training import Trainer
+    from asr.training.loop import Trainer
 
     noise_dir = tmp_path / "noises"
     (noise_dir / "street").mkdir(parents=True)

@@ -22,8 +22,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from asr.bundle import save_bundle
     from asr.configuration import validate
     from asr.data.synth import synthesize_corpus
-    from asr.lm import build_arpa
-    from asr.models import build_model
+    from asr.decoding.lm import build_arpa
+    from asr.models.architectures import build_model
     from asr.text import Alphabet
 
     folder = tmp_path_factory.mktemp("transcribe")
@@ -164,7 +164,7 @@ def test_tune_with_a_bad_language_model(workspace: dict[str, Path], tmp_path: Pa
 
 
 def test_tune_with_a_language_model_of_another_script(workspace: dict[str, Path], tmp_path: Path) -> None:
-    from asr.lm import build_arpa
+    from asr.decoding.lm import build_arpa
 
     lm = tmp_path / "russian.arpa"
     build_arpa([["привет", "мир"], ["мир", "труд"]], order=2).write(lm)

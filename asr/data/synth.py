@@ -7,7 +7,7 @@ measurable. Text sources: ``generator`` (``asr.data.sentences``) and ``fortunes`
 sentences, ``asr.data.texts``) and ``wordnet`` (WordNet's example sentences), mixed in equal
 shares (natural ones up to what is installed).
 ``room`` is the share of utterances that get a simulated room, a band-limited channel and/or
-noise at a random SNR (``asr.augment``), baked into the WAV.
+noise at a random SNR (``asr.audio.augment``), baked into the WAV.
 
 ``synthesize_corpus(out_dir, count, seed)`` writes ``out_dir/wavs/*.wav`` (16 kHz, mono, 16-bit PCM)
 and JSON-lines manifests ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` and ``all.jsonl`` with
@@ -44,7 +44,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from asr.augment import add_noise, band_limit, colored_noise, reverberate
+from asr.audio.augment import add_noise, band_limit, colored_noise, reverberate
 from asr.data.sentences import generate_sentences
 from asr.data.texts import fortune_sentences, wordnet_sentences
 from asr.errors import UserError

@@ -144,7 +144,7 @@ def client(uri: str):  # noqa: ANN201
 
 
 def log_model(uri: str, run_id: str, model_code: Path) -> str:
-    """Log the tiny MLflow Model ``model`` into an existing run, as asr.serving.log_model does."""
+    """Log the tiny MLflow Model ``model`` into an existing run, as asr.serving.pyfunc.log_model does."""
     import mlflow
     from mlflow.models import Model
 

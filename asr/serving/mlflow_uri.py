@@ -1,5 +1,5 @@
 """Model bundles named by MLflow URIs: ``models:/asr-en/3``, ``models:/asr-en@champion``,
-``models:/asr-en/latest``, ``runs:/<run_id>/model`` (an MLflow Model of :mod:`asr.serving`) or
+``models:/asr-en/latest``, ``runs:/<run_id>/model`` (an MLflow Model of :mod:`asr.serving.pyfunc`) or
 ``runs:/<run_id>/model.bin`` (a plain bundle artifact).
 
 The tracking store is MLflow's usual one (``MLFLOW_TRACKING_URI``, or ``mlflow.set_tracking_uri``).

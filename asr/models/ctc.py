@@ -10,7 +10,7 @@ def ctc_loss(labels: tf.Tensor, logits: tf.Tensor, label_lengths: tf.Tensor, log
 
     ``labels`` ``[B, L]`` int32 (1-based symbols, padding ignored), ``logits`` ``[B, T, V]``,
     ``label_lengths`` and ``logit_lengths`` ``[B]`` the true lengths (logit lengths after the
-    model's striding, see ``asr.models.output_lengths``).
+    model's striding, see ``asr.models.architectures.output_lengths``).
     """
     return tf.nn.ctc_loss(
         labels=tf.cast(labels, tf.int32),

@@ -175,7 +175,7 @@ def read_manifest(path: str | Path, max_duration: float | None = None) -> list[U
     """Read a JSON-lines or Mozilla CSV manifest; skip clips over ``max_duration`` seconds.
 
     Skipped clips are never silent: one warning line ``skipped N of M utterances longer
-    than X s`` goes to the ``asr.manifest`` logger.
+    than X s`` goes to the ``asr.data.manifest`` logger.
     """
     utterances, stats = read_manifest_with_stats(path, max_duration)
     if stats.skipped_too_long:

@@ -3,7 +3,7 @@
 The queue (``expctl``) creates the run, owns its status and logs the configuration as
 params; training adds what only it knows: per-epoch metrics, the final test metrics, and
 its outputs as artifacts (bundle, result, learning curve, sample transcripts), and the bundle
-as an MLflow Model named ``model`` (``runs:/<run_id>/model``, servable; :mod:`asr.serving`). Without
+as an MLflow Model named ``model`` (``runs:/<run_id>/model``, servable; :mod:`asr.serving.pyfunc`). Without
 ``MLFLOW_RUN_ID`` nothing is logged. MLflow errors are logged once and never stop training.
 """
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-logger = logging.getLogger("asr.tracking")
+logger = logging.getLogger("asr.training.tracking")
 
 CURVE_METRICS = ("loss", "val_loss")
 RATE_METRICS = ("val_wer", "val_cer")
@@ -158,8 +158,8 @@ class MlflowRunLogger:
             self._safely("model", lambda: self.log_model(exp_dir / "model.bin", example))
 
     def log_model(self, bundle: Path, example_audio: str | Path | None = None) -> Any:
-        """The bundle as the MLflow Model ``model`` of this run (``runs:/<run_id>/model``): see :mod:`asr.serving`."""
-        from asr.serving import log_model
+        """The bundle as the MLflow Model ``model`` of this run (``runs:/<run_id>/model``): see :mod:`asr.serving.pyfunc`."""
+        from asr.serving.pyfunc import log_model
 
         return log_model(bundle, self.run_id, example_audio=example_audio, tracking_uri=self.client.tracking_uri)
 

@@ -1,6 +1,6 @@
 """Model architectures: a registry of functional Keras models that output CTC logits.
 
-Every model takes ONE input, the zero-padded features ``[B, T, F]`` of ``asr.audio.get_features``,
+Every model takes ONE input, the zero-padded features ``[B, T, F]`` of ``asr.audio.features.get_features``,
 and returns logits ``[B, T', len(alphabet) + 1]`` (index 0 is the CTC blank). The frame mask
 comes from the input itself: :class:`FrameMask` marks frames up to the last non-zero one, the
 mask travels along Keras' mask propagation (strided by :class:`MaskedConv2D`), the RNNs see a

@@ -6,7 +6,7 @@
 
 Both take raw audio, not features: float32 samples at the model's sample rate (16 kHz; the caller
 resamples), zero-padded to a batch ``audio [B, N]`` with the true sample counts
-``audio_length [B]``. The feature extraction of :mod:`asr.audio` (librosa's STFT with centred
+``audio_length [B]``. The feature extraction of :mod:`asr.audio.features` (librosa's STFT with centred
 frames, mel filter bank, dB with an 80 dB floor, DCT-II, per-utterance normalisation) is written
 again in TensorFlow ops (:class:`TFFeatures`), with librosa's own mel matrix and window as
 constants, so it matches librosa to float32 rounding. Outputs: ``logits [B, T', V]`` (blank = 0,
@@ -42,19 +42,19 @@ QUANTIZE = ("none", "dynamic")
 TFLITE_FILE = "model.tflite"
 ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
-EPSILON = 1e-6  # as asr.audio
+EPSILON = 1e-6  # as asr.audio.features
 AMIN = 1e-10  # librosa.power_to_db defaults: amin, ref=1.0, top_db=80
 TOP_DB = 80.0
 
 
 class TFFeatures:
-    """:func:`asr.audio.compute_features` in TensorFlow ops, batched over zero-padded audio."""
+    """:func:`asr.audio.features.compute_features` in TensorFlow ops, batched over zero-padded audio."""
 
     def __init__(self, features_config: Any, matmul: bool = True, fft: bool = True) -> None:
         import librosa
         import scipy.fft
 
-        from asr.audio import _plain_config
+        from asr.audio.features import _plain_config
 
         config = _plain_config(features_config)
         self.type = config["type"]
@@ -145,7 +145,7 @@ class AudioModel:
     def logits(self, audio: Any, audio_length: Any) -> dict[str, Any]:
         import tensorflow as tf
 
-        from asr.models import output_lengths
+        from asr.models.architectures import output_lengths
 
         features = self.features(audio, audio_length)
         logits = self.pipeline.model(features, training=False)
@@ -153,7 +153,7 @@ class AudioModel:
         return {"logits": tf.cast(logits, tf.float32), "logit_length": tf.minimum(lengths, tf.shape(logits)[1])}
 
     def transcribe(self, audio: Any, audio_length: Any) -> dict[str, Any]:
-        """Greedy CTC: argmax per frame, merge repeats, drop blanks, join the symbols (as asr.decoding)."""
+        """Greedy CTC: argmax per frame, merge repeats, drop blanks, join the symbols (as asr.decoding.decoders)."""
         import tensorflow as tf
 
         outputs = self.logits(audio, audio_length)
@@ -271,7 +271,7 @@ def convert_to_onnx(pipeline: Any, path: Path) -> Path:
 
 def export(model: str, fmt: str, out: str | Path, quantize: str = "none") -> Path:
     """``asr export``: write ``fmt`` (saved_model, tflite) of ``model`` (name, bundle, models:/ or runs:/ URI) to ``out``."""
-    from asr.models_registry import resolve_model_path
+    from asr.pretrained.registry import resolve_model_path
     from asr.pipeline import load_model
 
     if fmt not in FORMATS:

@@ -4,7 +4,7 @@
     mlflow models serve -m runs:/<run_id>/model --env-manager local
 
 The MLflow Model holds the bundle (``model.bin``) as its artifact ``bundle`` and the small code
-file ``asr/mlflow_model.py``, which builds :class:`AsrPyfuncModel`; nothing is pickled. Loading
+file ``asr/serving/mlflow_model.py``, which builds :class:`AsrPyfuncModel`; nothing is pickled. Loading
 it needs the ``asr`` package installed where it is loaded (``--env-manager local``).
 
 Input: a DataFrame with a column ``audio`` (str: a file path, or base64-encoded WAV/FLAC/OGG bytes)
@@ -162,7 +162,7 @@ class Transcriber:
         return texts
 
     def _features(self, value: Any, row: int, scratch: Path) -> np.ndarray:
-        from asr.audio import file_features
+        from asr.audio.features import file_features
 
         path = audio_file(value, row, scratch)
         try:
@@ -173,8 +173,8 @@ class Transcriber:
 
     def _logits(self, features: list[np.ndarray]) -> list[np.ndarray]:
         """Per-row logits ``[T'_i, V]`` (padding removed), batches of similar length."""
-        from asr.audio import pad_features
-        from asr.models import output_lengths
+        from asr.audio.features import pad_features
+        from asr.models.architectures import output_lengths
 
         logits: list[Any] = [None] * len(features)
         order = sorted(range(len(features)), key=lambda index: len(features[index]))
@@ -212,7 +212,7 @@ def input_example(audio: str | Path | None = None) -> Any:
     signal = np.zeros(rate // 2, dtype=np.float32)
     if audio is not None:
         try:
-            from asr.audio import load_audio
+            from asr.audio.features import load_audio
 
             signal = load_audio(audio, rate)[: 2 * rate]
         except UserError:

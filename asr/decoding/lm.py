@@ -263,9 +263,9 @@ def tune_weights(
 def tune_main(model: str, manifest: Path, lm_path: Optional[Path] = None, trials: int = 20,
               write: bool = True) -> Trial:
     """``asr lm tune``: search alpha and beta on a dev manifest, print the best pair, write it into the bundle."""
-    from asr.decoding import BeamSearchDecoder, read_unigram_file
+    from asr.decoding.decoders import BeamSearchDecoder, read_unigram_file
     from asr.evaluate import read_references
-    from asr.models_registry import PACKAGE_FOLDER, resolve_model_path
+    from asr.pretrained.registry import PACKAGE_FOLDER, resolve_model_path
     from asr.transcribe import acoustic_logits, bundled_language_model, load_pipeline
 
     manifest = Path(manifest)

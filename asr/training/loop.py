@@ -61,13 +61,13 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
-from asr import models
-from asr.ctc import ctc_loss, minimum_frames
-from asr.dataset import Example, FeaturesFor, batch_order, in_memory_features, make_dataset, prepare_examples
+from asr.models import architectures as models
+from asr.models.ctc import ctc_loss, minimum_frames
+from asr.data.dataset import Example, FeaturesFor, batch_order, in_memory_features, make_dataset, prepare_examples
 from asr.errors import NaNLossError, UserError
-from asr.feature_cache import content_hash
-from asr.manifest import read_manifest
-from asr.strategy import configure_threads, is_chief, make_strategy, writable_dir
+from asr.data.feature_cache import content_hash
+from asr.data.manifest import read_manifest
+from asr.training.strategy import configure_threads, is_chief, make_strategy, writable_dir
 from asr.text import Alphabet
 
 logger = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ class Pretrained:
 def load_pretrained(config: DictConfig, alphabet: Alphabet) -> Pretrained:
     """Resolve and load ``trainer.init_from``; its alphabet and features must be the configuration's."""
     from asr.bundle import load_bundle
-    from asr.models_registry import check_init_from
+    from asr.pretrained.registry import check_init_from
 
     path = check_init_from(config, alphabet)
     try:
@@ -243,8 +243,8 @@ class CachedFeatures:
     """``features_for`` backed by the on-disk ``FeatureCache``: computed on first use, then read."""
 
     def __init__(self, cache_dir: str, features_config: DictConfig) -> None:
-        from asr.audio import file_features
-        from asr.feature_cache import FeatureCache
+        from asr.audio.features import file_features
+        from asr.data.feature_cache import FeatureCache
 
         self.cache = FeatureCache(cache_dir)
         self.features_config = OmegaConf.to_container(features_config, resolve=True)
@@ -521,7 +521,7 @@ class Trainer:
 
     def _waveform_augmenter(self) -> Any:
         """Speed perturbation and noise for training batches, or None when ``augment`` asks for neither."""
-        from asr.augment import WaveformAugmenter, waveform_augment_enabled
+        from asr.audio.augment import WaveformAugmenter, waveform_augment_enabled
 
         if not waveform_augment_enabled(self.config.augment):
             return None
@@ -766,8 +766,8 @@ def transcribe_examples(model: keras.Model, data: SplitData, alphabet: Alphabet,
 
     ``decode(logits, lengths)`` turns a batch into text (e.g. a ``Decoder``'s ``decode``); greedy by default.
     """
-    from asr.audio import pad_features
-    from asr.decoding import greedy_decode
+    from asr.audio.features import pad_features
+    from asr.decoding.decoders import greedy_decode
 
     decode = decode or (lambda logits, lengths: greedy_decode(logits, alphabet, lengths))
 

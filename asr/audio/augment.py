@@ -6,7 +6,7 @@
   of per-utterance normalised features, and the value of padding). A mask is never wider
   than the utterance: a 5-frame clip with ``time_mask_width=20`` gets masks of 0..4 frames.
   The last frame is never masked and the frequency masks never cover every bin, because the
-  models (``asr.models.FrameMask``) take an utterance's end to be its last non-zero frame.
+  models (``asr.models.architectures.FrameMask``) take an utterance's end to be its last non-zero frame.
 * ``map_spec_augment(dataset, augment_config, seed)``: the same over a ``tf.data.Dataset``,
   with fresh (but reproducible) masks every epoch.
 * ``speed_perturb(signal, rate)``: Kaldi-style speed change by resampling (tempo and pitch
@@ -245,8 +245,8 @@ def band_limit(signal: np.ndarray, low_hz: float | None, high_hz: float, sample_
 
 
 def load_noises(paths: Sequence[str], sample_rate: int) -> list[np.ndarray]:
-    """Noise recordings for ``add_noise``, read with ``asr.audio.load_audio``."""
-    from asr.audio import load_audio
+    """Noise recordings for ``add_noise``, read with ``asr.audio.features.load_audio``."""
+    from asr.audio.features import load_audio
 
     return [load_audio(path, sample_rate) for path in paths]
 
@@ -278,7 +278,7 @@ class WaveformAugmenter:
 
     def __init__(self, augment_config: Any, features_config: Any,
                  fits: Callable[[int, np.ndarray], bool] = lambda frames, labels: True) -> None:
-        from asr.audio import _plain_config
+        from asr.audio.features import _plain_config
 
         self.augment_config = augment_config
         self.features_config = _plain_config(features_config)
@@ -295,7 +295,7 @@ class WaveformAugmenter:
 
     def __call__(self, audio_filepath: str | Path, labels: np.ndarray, seed_key: Sequence[int]) -> np.ndarray:
         """Features ``[T, F]`` of ``audio_filepath`` augmented as ``seed_key`` (e.g. seed, epoch, index) draws."""
-        from asr.audio import compute_features, load_audio
+        from asr.audio.features import compute_features, load_audio
 
         signal = load_audio(audio_filepath, self.sample_rate)
         noises = self.noises() or None

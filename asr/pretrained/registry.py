@@ -8,7 +8,7 @@ A bare name resolves, in this order, to the first bundle found:
 4. ``<name>`` as a path relative to the current folder.
 
 An MLflow URI (``models:/asr-en/3``, ``models:/asr-en@champion``, ``runs:/<run_id>/model``) is
-downloaded from the tracking store into ``~/.cache/asr/mlflow/`` first (:mod:`asr.mlflow_uri`).
+downloaded from the tracking store into ``~/.cache/asr/mlflow/`` first (:mod:`asr.serving.mlflow_uri`).
 A value with a folder in it (``experiments/1/model.bin``, ``~/m.bin``, ``/abs/m.bin``) is only
 ever a path. :func:`resolve_model_path` is the one resolver: ``load_model``, ``asr transcribe``,
 ``asr evaluate``, ``asr lm tune`` and ``trainer.init_from`` all go through it.
@@ -30,7 +30,7 @@ from asr.errors import UserError
 from asr.text import Alphabet
 
 MODELS_DIR_VARIABLE = "ASR_MODELS_DIR"
-PACKAGE_FOLDER = Path(__file__).resolve().parent / "pretrained"
+PACKAGE_FOLDER = Path(__file__).resolve().parent
 BUNDLE_SUFFIX = ".bin"
 
 
@@ -74,7 +74,7 @@ def resolve_model_path(path_or_name: str | Path) -> Path:
     if not text.strip():
         raise UserError("empty model name: give a name (see `asr models list`) or a bundle path")
     if text.startswith(("models:/", "runs:/")):  # MLflow's registry or a run: downloaded into a cache
-        from asr.mlflow_uri import fetch_bundle
+        from asr.serving.mlflow_uri import fetch_bundle
 
         return fetch_bundle(text)
     if not is_bare_name(text):
@@ -157,7 +157,7 @@ def check_same_features(model_features: Any, model_source: str, configured: Any)
 def check_init_from(config: Any, alphabet: Alphabet | None = None) -> Path:
     """The bundle ``trainer.init_from`` names, checked for alphabet (default: the configured one) and features.
 
-    The weights are checked when they are loaded (that needs TensorFlow): ``asr.training.load_pretrained``.
+    The weights are checked when they are loaded (that needs TensorFlow): ``asr.training.loop.load_pretrained``.
     """
     init_from = str(config.trainer.init_from)
     if alphabet is None:

@@ -1,0 +1,1 @@
+"""Audio in, features out: reading and resampling audio, MFCC / log-mel features, waveform and feature augmentation."""

@@ -1,0 +1,1 @@
+"""Logits to text: greedy and beam-search decoders (pyctcdecode + KenLM), language models (build, tune)."""

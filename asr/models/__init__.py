@@ -1,0 +1,1 @@
+"""The acoustic models: Keras architectures and layers, the CTC loss."""

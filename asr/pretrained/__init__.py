@@ -1,0 +1,1 @@
+"""The packaged models (``en.bin``, model cards) and the one resolver from a model name to a bundle."""

@@ -1,0 +1,1 @@
+"""Beyond Python: the MLflow pyfunc model, models:/ and runs:/ URIs, export to SavedModel / TFLite / ONNX."""

@@ -1,0 +1,1 @@
+"""Training: the loop (epochs, validation, checkpoints, early stopping), distribution strategies, MLflow logging."""
