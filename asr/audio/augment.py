@@ -7,8 +7,6 @@
   than the utterance: a 5-frame clip with ``time_mask_width=20`` gets masks of 0..4 frames.
   The last frame is never masked and the frequency masks never cover every bin, because the
   models (``asr.models.architectures.FrameMask``) take an utterance's end to be its last non-zero frame.
-* ``map_spec_augment(dataset, augment_config, seed)``: the same over a ``tf.data.Dataset``,
-  with fresh (but reproducible) masks every epoch.
 * ``speed_perturb(signal, rate)``: Kaldi-style speed change by resampling (tempo and pitch
   together); ``rate=1.1`` makes the clip 1/1.1 as long.
 * ``add_noise(signal, snr_db, rng, noise=None)``: white noise, or a random stretch of a
@@ -28,40 +26,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from asr.errors import UserError
+from asr.configuration import noise_files
 
 
 def _get(config: Any, name: str) -> Any:
     return config[name] if isinstance(config, dict) else getattr(config, name)
-
-
-def check_augment_config(augment_config: Any) -> None:
-    """Raise ``UserError`` naming the ``augment.*`` value that makes no sense."""
-    for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
-        if int(_get(augment_config, name)) < 0:
-            raise UserError(f"augment.{name} must be >= 0, got {_get(augment_config, name)}")
-    rates = list(_get(augment_config, "speed_perturb") or [])
-    if any(float(rate) <= 0 for rate in rates):
-        raise UserError(f"augment.speed_perturb rates must be > 0, got {rates}")
-    probability = float(_get(augment_config, "noise_probability"))
-    if not 0.0 <= probability <= 1.0:
-        raise UserError(f"augment.noise_probability must be in [0, 1], got {probability}")
-    snr = list(_get(augment_config, "noise_snr_db"))
-    if len(snr) != 2 or float(snr[0]) > float(snr[1]):
-        raise UserError(f"augment.noise_snr_db must be [low, high] with low <= high, got {snr}")
-    noise_dir = _get(augment_config, "noise_dir")
-    if noise_dir and not noise_files(noise_dir):
-        raise UserError(f"augment.noise_dir={noise_dir} is not a folder holding audio files "
-                        f"({', '.join(NOISE_SUFFIXES)}); give a folder of noise recordings, or null for white noise")
-
-
-NOISE_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
-
-
-def noise_files(noise_dir: str | Path) -> list[Path]:
-    """Audio files under ``noise_dir`` (recursively), sorted; none if the folder does not exist."""
-    folder = Path(noise_dir)
-    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in NOISE_SUFFIXES) if folder.is_dir() else []
 
 
 def waveform_augment_enabled(augment_config: Any) -> bool:
@@ -128,31 +97,6 @@ def spec_augment(features: Any, augment_config: Any, seed: Any) -> Any:
     keep_frames = tf.concat([keep_frames, tf.ones([frames - maskable], tf.bool)], axis=0)
     keep = tf.logical_and(keep_frames[:, tf.newaxis], keep_bins[tf.newaxis, :])
     return features * tf.cast(keep, features.dtype)
-
-
-def map_spec_augment(dataset: Any, augment_config: Any, seed: int, key: int | str = 0,
-                     num_parallel_calls: Optional[int] = None) -> Any:
-    """``dataset`` with SpecAugment applied to each element's ``element[key]`` ([T, F], before batching).
-
-    Masks come from ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)``: the
-    same seed gives the same run, each epoch gets new masks.
-    """
-    import tensorflow as tf
-
-    if not spec_augment_enabled(augment_config):
-        return dataset
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
-
-    def apply(element: Any, pair: Any) -> Any:
-        if isinstance(element, dict):
-            return {**element, key: spec_augment(element[key], augment_config, pair)}
-        if isinstance(element, tuple):
-            index = int(key)
-            return (*element[:index], spec_augment(element[index], augment_config, pair), *element[index + 1:])
-        return spec_augment(element, augment_config, pair)
-
-    zipped = tf.data.Dataset.zip((dataset, seeds))
-    return zipped.map(apply, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE, deterministic=True)
 
 
 # --- waveform side (numpy) ---------------------------------------------------------------------
