@@ -29,8 +29,9 @@ import soundfile
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from asr.errors import UserError
 from asr.data.manifest import Utterance, write_manifest
+from asr.errors import UserError
+from asr.text import normalize_transcript
 
 logger = logging.getLogger(__name__)
 
@@ -69,21 +70,14 @@ class _Candidate:
 
 
 def normalize_sentence(text: str) -> str:
-    """Lower-case, NFC, punctuation (except apostrophes inside words) to spaces, one space between words.
+    """``asr.text.normalize_transcript``, then punctuation and symbols (apostrophes inside words kept) to spaces.
 
-    Letters of any script are kept (Common Voice is multilingual); characters outside the
+    Letters, spacing marks and digits of any script are kept (Common Voice is multilingual); characters outside the
     training alphabet are the alphabet's business, not the importer's.
     """
-    text = unicodedata.normalize("NFC", text).lower().replace("’", "'").replace("`", "'")
-    kept = []
-    for character in text:
-        category = unicodedata.category(character)
-        if character == "'" or category[0] in ("L", "M", "N"):
-            kept.append(character)
-        else:
-            kept.append(" ")
-    words = ("".join(kept)).split()
-    return " ".join(word.strip("'") for word in words if word.strip("'"))
+    kept = [character if character == "'" or unicodedata.category(character)[0] in ("L", "M", "N") else " "
+            for character in normalize_transcript(text)]
+    return " ".join(word.strip("'") for word in "".join(kept).split() if word.strip("'"))
 
 
 def _probe(path: Path) -> tuple[Optional[float], str]:
