@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from asr.errors import UserError
+from asr.files import write_atomically
 
 BLANK = 0
 DEFAULT_SYMBOLS = (" ", *"abcdefghijklmnopqrstuvwxyz", "'")
@@ -78,7 +79,7 @@ class Alphabet:
         return "\n".join(lines) + "\n"
 
     def to_file(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_string(), encoding="utf-8")
+        write_atomically(path, self.to_string())
 
     def __len__(self) -> int:
         return len(self.symbols)
