@@ -24,25 +24,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import librosa
 import numpy as np
+from scipy.signal import butter, fftconvolve, sosfilt
 
-from asr.configuration import noise_files
+from asr.audio.features import compute_features, load_audio, typed_features_config
+from asr.configuration import AugmentConfig, noise_files
 
-
-def _get(config: Any, name: str) -> Any:
-    return config[name] if isinstance(config, dict) else getattr(config, name)
+# TensorFlow (seconds to import) is imported inside the SpecAugment functions only: the synthesis
+# workers (asr.data.synth) use this module's numpy half and must start without it.
 
 
 def waveform_augment_enabled(augment_config: Any) -> bool:
     """Whether the configuration asks for speed perturbation or noise."""
-    rates = [float(rate) for rate in (_get(augment_config, "speed_perturb") or [])]
-    return any(rate != 1.0 for rate in rates) or float(_get(augment_config, "noise_probability")) > 0
+    return any(rate != 1.0 for rate in augment_config.speed_perturb) or augment_config.noise_probability > 0
 
 
 def spec_augment_enabled(augment_config: Any) -> bool:
     """Whether the configuration asks for any mask."""
-    return (int(_get(augment_config, "freq_masks")) > 0 and int(_get(augment_config, "freq_mask_width")) > 0) or (
-        int(_get(augment_config, "time_masks")) > 0 and int(_get(augment_config, "time_mask_width")) > 0)
+    return (augment_config.freq_masks > 0 and augment_config.freq_mask_width > 0) or (
+        augment_config.time_masks > 0 and augment_config.time_mask_width > 0)
 
 
 # --- SpecAugment (TensorFlow) ------------------------------------------------------------------
@@ -87,13 +88,11 @@ def spec_augment(features: Any, augment_config: Any, seed: Any) -> Any:
         return features
     frequency_seed, time_seed = tf.unstack(tf.random.experimental.stateless_split(_as_seed(seed), 2))
     frames, bins = tf.shape(features)[0], tf.shape(features)[1]
-    keep_bins = _keep_mask(bins, int(_get(augment_config, "freq_masks")),
-                           int(_get(augment_config, "freq_mask_width")), frequency_seed)
+    keep_bins = _keep_mask(bins, augment_config.freq_masks, augment_config.freq_mask_width, frequency_seed)
     keep_bins = tf.logical_or(keep_bins, tf.logical_not(tf.reduce_any(keep_bins)))  # never mask every bin
     # the last frame is never masked: the models find an utterance's end at its last non-zero frame
     maskable = tf.maximum(frames - 1, 0)
-    keep_frames = _keep_mask(maskable, int(_get(augment_config, "time_masks")),
-                             int(_get(augment_config, "time_mask_width")), time_seed)
+    keep_frames = _keep_mask(maskable, augment_config.time_masks, augment_config.time_mask_width, time_seed)
     keep_frames = tf.concat([keep_frames, tf.ones([frames - maskable], tf.bool)], axis=0)
     keep = tf.logical_and(keep_frames[:, tf.newaxis], keep_bins[tf.newaxis, :])
     return features * tf.cast(keep, features.dtype)
@@ -103,8 +102,6 @@ def spec_augment(features: Any, augment_config: Any, seed: Any) -> Any:
 
 def speed_perturb(signal: np.ndarray, rate: float, sample_rate: int = 16000) -> np.ndarray:
     """Play ``signal`` ``rate`` times faster (length / rate samples, pitch shifted alike)."""
-    import librosa
-
     if rate <= 0:
         raise ValueError(f"speed rate must be > 0, got {rate}")
     signal = np.asarray(signal, dtype=np.float32)
@@ -161,8 +158,6 @@ def reverberate(signal: np.ndarray, rt60: float, direct_to_reverberant_db: float
     ``rt60`` is the time (s) the reverberant tail takes to fall by 60 dB; the output keeps the
     input's length and peak level, so the transcript's timing is unchanged.
     """
-    from scipy.signal import fftconvolve
-
     signal = np.asarray(signal, dtype=np.float32)
     if signal.size == 0 or rt60 <= 0:
         return signal.copy()
@@ -178,8 +173,6 @@ def reverberate(signal: np.ndarray, rt60: float, direct_to_reverberant_db: float
 
 def band_limit(signal: np.ndarray, low_hz: float | None, high_hz: float, sample_rate: int = 16000) -> np.ndarray:
     """``signal`` through a 4th-order Butterworth band-pass (high-pass skipped when ``low_hz`` is None)."""
-    from scipy.signal import butter, sosfilt
-
     signal = np.asarray(signal, dtype=np.float32)
     if low_hz:
         sos = butter(4, [low_hz, high_hz], btype="bandpass", fs=sample_rate, output="sos")
@@ -190,8 +183,6 @@ def band_limit(signal: np.ndarray, low_hz: float | None, high_hz: float, sample_
 
 def load_noises(paths: Sequence[str], sample_rate: int) -> list[np.ndarray]:
     """Noise recordings for ``add_noise``, read with ``asr.audio.features.load_audio``."""
-    from asr.audio.features import load_audio
-
     return [load_audio(path, sample_rate) for path in paths]
 
 
@@ -202,11 +193,11 @@ def augment_waveform(signal: np.ndarray, augment_config: Any, rng: np.random.Gen
     The SNR is drawn uniformly from ``noise_snr_db``; the noise is white unless ``noises``
     (recordings at ``sample_rate``) are given, then one of them is picked at random.
     """
-    rates = list(_get(augment_config, "speed_perturb") or [])
+    rates = list(augment_config.speed_perturb)
     if rates:
         signal = speed_perturb(signal, float(rates[int(rng.integers(len(rates)))]), sample_rate)
-    if rng.random() < float(_get(augment_config, "noise_probability")):
-        low, high = (float(value) for value in _get(augment_config, "noise_snr_db"))
+    if rng.random() < augment_config.noise_probability:
+        low, high = (float(value) for value in augment_config.noise_snr_db)
         noise = noises[int(rng.integers(len(noises)))] if noises else None
         signal = add_noise(signal, float(rng.uniform(low, high)), rng, noise)
     return np.asarray(signal, dtype=np.float32)
@@ -222,33 +213,29 @@ class WaveformAugmenter:
 
     def __init__(self, augment_config: Any, features_config: Any,
                  fits: Callable[[int, np.ndarray], bool] = lambda frames, labels: True) -> None:
-        from asr.audio.features import _plain_config
-
         self.augment_config = augment_config
-        self.features_config = _plain_config(features_config)
-        self.sample_rate = int(self.features_config["sample_rate"])
+        self.features_config = typed_features_config(features_config)
+        self.sample_rate = self.features_config.sample_rate
         self.fits = fits
         self._noises: Optional[list[np.ndarray]] = None
 
     def noises(self) -> list[np.ndarray]:
         if self._noises is None:
-            noise_dir = _get(self.augment_config, "noise_dir")
+            noise_dir = self.augment_config.noise_dir
             self._noises = load_noises([str(path) for path in noise_files(noise_dir)], self.sample_rate) \
                 if noise_dir else []
         return self._noises
 
     def __call__(self, audio_filepath: str | Path, labels: np.ndarray, seed_key: Sequence[int]) -> np.ndarray:
         """Features ``[T, F]`` of ``audio_filepath`` augmented as ``seed_key`` (e.g. seed, epoch, index) draws."""
-        from asr.audio.features import compute_features, load_audio
-
         signal = load_audio(audio_filepath, self.sample_rate)
         noises = self.noises() or None
         augmented = augment_waveform(signal, self.augment_config, np.random.default_rng(list(seed_key)),
                                      self.sample_rate, noises)
         features = compute_features(augmented, self.features_config)
         if not self.fits(len(features), labels):  # sped up too much for its transcript: keep the speed
-            no_speed = {"speed_perturb": [], "noise_probability": _get(self.augment_config, "noise_probability"),
-                        "noise_snr_db": _get(self.augment_config, "noise_snr_db")}
+            no_speed = AugmentConfig(noise_probability=self.augment_config.noise_probability,
+                                     noise_snr_db=list(self.augment_config.noise_snr_db))
             augmented = augment_waveform(signal, no_speed, np.random.default_rng(list(seed_key)), self.sample_rate,
                                          noises)
             features = compute_features(augmented, self.features_config)
