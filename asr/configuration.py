@@ -24,6 +24,7 @@ from omegaconf import DictConfig, EnumNode, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from asr.errors import UserError
+from asr.files import write_atomically
 
 
 class FeatureType(StrEnum):
@@ -276,7 +277,7 @@ class Configuration:
         return OmegaConf.to_yaml(self.config)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml())
+        write_atomically(path, self.to_yaml())
 
     def __repr__(self) -> str:
         return f"Configuration(model={self.config.model.name}, exp_dir={self.config.exp_dir})"

@@ -120,6 +120,13 @@ def test_feature_cache_keys_are_unchanged_by_enum_choices() -> None:
         "39be1a5bb2cb085d52e3ea7e387df587"
 
 
+def test_a_saved_configuration_loads_back(tmp_path: Path) -> None:
+    configuration = Configuration(OTHER_CHOICES)
+    configuration.save(tmp_path / "configuration.yaml")
+    assert "name: beam_lm" in (tmp_path / "configuration.yaml").read_text()
+    assert Configuration(tmp_path / "configuration.yaml").config == configuration.config
+
+
 def test_the_packaged_bundle_configuration_loads() -> None:
     text = zipfile.ZipFile(EN_BUNDLE).read("configuration.yaml").decode()
     configuration = Configuration(OmegaConf.create(text))
