@@ -10,7 +10,7 @@ import pytest
 import soundfile
 from typer.testing import CliRunner
 
-from asr.data.importers import import_commonvoice, import_librispeech, normalize_sentence
+from asr.data.importers import corpus_transcript, import_commonvoice, import_librispeech
 from asr.errors import UserError
 from asr.data.manifest import read_manifest
 
@@ -166,4 +166,4 @@ def test_cli_import_prints_summary_and_errors_in_one_line(librispeech: Path, tmp
     ],
 )
 def test_normalize_sentence(raw: str, clean: str) -> None:
-    assert normalize_sentence(raw) == clean
+    assert corpus_transcript(raw) == clean

@@ -69,7 +69,7 @@ class _Candidate:
     text: str  # already normalised; "" means empty or missing
 
 
-def normalize_sentence(text: str) -> str:
+def corpus_transcript(text: str) -> str:
     """``asr.text.normalize_transcript``, then punctuation and symbols (apostrophes inside words kept) to spaces.
 
     Letters, spacing marks and digits of any script are kept (Common Voice is multilingual); characters outside the
@@ -156,7 +156,7 @@ def _librispeech_candidates(folder: Path) -> list[_Candidate]:
                 continue
             utterance_id, _, text = line.strip().partition(" ")
             audio = chapter / f"{utterance_id}.flac"
-            candidates[audio] = _Candidate(audio, normalize_sentence(text))
+            candidates[audio] = _Candidate(audio, corpus_transcript(text))
         for audio in chapter.glob("*.flac"):  # audio without a transcript line: counted, not lost
             candidates.setdefault(audio, _Candidate(audio, ""))
     return [candidates[path] for path in sorted(candidates)]
@@ -191,7 +191,7 @@ def _commonvoice_candidates(folder: Path, split: str) -> list[_Candidate]:
                 raise UserError(f"{table}:{line_number}: expected {len(header)} tab-separated columns, "
                                 f"found {len(row)}")
             audio = clips / row[path_column]
-            candidates.append(_Candidate(audio, normalize_sentence(row[sentence_column])))
+            candidates.append(_Candidate(audio, corpus_transcript(row[sentence_column])))
     return candidates
 
 
