@@ -165,5 +165,5 @@ def test_cli_import_prints_summary_and_errors_in_one_line(librispeech: Path, tmp
         ("   ", ""),
     ],
 )
-def test_normalize_sentence(raw: str, clean: str) -> None:
+def test_corpus_transcripts_are_normalised_then_punctuation_becomes_spaces(raw: str, clean: str) -> None:
     assert corpus_transcript(raw) == clean

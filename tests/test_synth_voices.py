@@ -40,7 +40,7 @@ def test_normalised_sentences_use_only_the_alphabet(raw: str) -> None:
     ("He was born in 1879 and died young.", None),  # digits are not guessed at
     ("It's a well-known fact; so it goes.", "it's a well known fact so it goes"),
 ])
-def test_normalize_sentence(raw: str, expected: str | None) -> None:
+def test_usable_sentences_are_normalised_or_skipped(raw: str, expected: str | None) -> None:
     assert texts.usable_sentence(raw) == expected
 
 
