@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from asr.configuration import (GROUP_SCHEMAS, Configuration, DecoderName, OptimizerName, Schedule, TrainConfig,
@@ -80,6 +81,14 @@ def test_command_line_overrides_of_choices_compose() -> None:
     config = validate(_compose(["optimizer.schedule=cosine", "decoder=beam_lm", "optimizer=sgd"]))
     assert config.optimizer.schedule is Schedule.cosine and config.optimizer.name is OptimizerName.sgd
     assert config.decoder.name is DecoderName.beam_lm and config.optimizer.learning_rate == 0.01
+
+
+def test_hydra_refuses_a_bad_choice_on_the_command_line() -> None:
+    """The schema Hydra composes against is typed too: ``python -m asr.train features.type=wavelet`` stops
+    before the app starts, with Hydra's message (like a value of the wrong type)."""
+    with pytest.raises(ConfigCompositionException) as caught:
+        _compose(["features.type=wavelet"])
+    assert "Invalid value 'wavelet', expected one of [mfcc, logmel]" in str(caught.value.__cause__)
 
 
 def test_group_files_only_override_the_schema() -> None:
