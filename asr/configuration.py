@@ -1,40 +1,90 @@
 """Typed training configuration: dataclass schemas registered in Hydra's ConfigStore.
 
-Every group under ``conf/`` (features, model, data, optimizer, decoder, trainer, augment)
-has a schema here, so a wrong key or a value of the wrong type fails early with OmegaConf's
-message (``model.parameters.rnn_sizes=[1024,"x"]`` is refused before any training starts).
+This is the one place where defaults live: every group under ``asr/conf/`` (features, model,
+data, optimizer, decoder, trainer, augment) has a schema here and its YAML files only override
+it. A wrong key, a value of the wrong type or a choice outside its Enum fails early with
+OmegaConf's message (``model.parameters.rnn_sizes=[1024,"x"]`` or ``optimizer.name=adagrad``
+is refused before any training starts).
+
+Choices are ``StrEnum`` members named as their values: they compare equal to their strings and
+read and write as those strings everywhere (YAML, JSON, ``str()``, MLflow parameters), so
+``optimizer.schedule=cosine`` on the command line and old bundles' ``configuration.yaml`` load as
+they always did.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, EnumNode, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from asr.errors import UserError
+from asr.files import write_atomically
+
+
+class FeatureType(StrEnum):
+    mfcc = "mfcc"
+    logmel = "logmel"
+
+
+class Normalization(StrEnum):
+    utterance = "utterance"  # zero mean, unit variance per coefficient
+    none = "none"
+
+
+class RNNType(StrEnum):
+    lstm = "lstm"
+    gru = "gru"
+
+
+class OptimizerName(StrEnum):
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class Schedule(StrEnum):
+    constant = "constant"
+    plateau = "plateau"  # x decay_rate after plateau_patience stalled epochs
+    exponential = "exponential"  # x decay_rate per epoch
+    cosine = "cosine"  # down to min_learning_rate over trainer.epochs or trainer.time_limit_minutes
+
+
+class DecoderName(StrEnum):
+    greedy = "greedy"
+    beam = "beam"
+    beam_lm = "beam_lm"
+
+
+class Strategy(StrEnum):
+    auto = "auto"
+    default = "default"
+    mirrored = "mirrored"
+    multi_worker = "multi_worker"  # TF_CONFIG names the workers
 
 
 @dataclass
 class FeaturesConfig:
-    type: str = "mfcc"  # "mfcc" or "logmel"
+    type: FeatureType = FeatureType.mfcc
     sample_rate: int = 16000
     window_ms: float = 25.0
     hop_ms: float = 10.0
     n_fft: int = 512
     num_features: int = 26  # MFCC coefficients or mel bands
     n_mels: int = 40  # mel bands the MFCCs are computed from
-    normalize: str = "utterance"  # "utterance" (zero mean, unit variance per coefficient) or "none"
+    normalize: Normalization = Normalization.utterance
 
 
 @dataclass
 class ModelParameters:
     """Parameters of the architectures in ``asr.models.architectures``; each one reads what it needs."""
 
-    rnn_type: str = "gru"  # "lstm" or "gru"
+    rnn_type: RNNType = RNNType.gru
     rnn_sizes: list[int] = field(default_factory=lambda: [192, 192])
     conv_filters: list[int] = field(default_factory=lambda: [16, 16])
     conv_kernels: list[list[int]] = field(default_factory=lambda: [[11, 11], [11, 11]])  # (time, freq)
@@ -62,11 +112,11 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adam"  # "adam", "adamw" or "sgd"
+    name: OptimizerName = OptimizerName.adam
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
     clipnorm: Optional[float] = 5.0
-    schedule: str = "plateau"  # "constant", "plateau", "exponential" or "cosine"
+    schedule: Schedule = Schedule.plateau
     decay_rate: float = 0.5  # plateau: factor on stall; exponential: factor per epoch
     min_learning_rate: float = 0.0  # cosine: the rate at the end of training
     plateau_patience: int = 2
@@ -75,7 +125,7 @@ class OptimizerConfig:
 
 @dataclass
 class DecoderConfig:
-    name: str = "greedy"  # "greedy", "beam" or "beam_lm"
+    name: DecoderName = DecoderName.greedy
     beam_width: int = 32
     lm_path: Optional[str] = None  # KenLM ARPA or binary; in a bundle, the bundled LM
     alpha: float = 0.5  # LM weight
@@ -89,7 +139,7 @@ class DecoderConfig:
 class TrainerConfig:
     epochs: int = 10
     batch_size: int = 32
-    strategy: str = "auto"  # "auto", "default", "mirrored" or "multi_worker"
+    strategy: Strategy = Strategy.auto
     mixed_precision: bool = False
     early_stopping_patience: int = 5  # epochs without val_loss improvement; 0 disables
     val_decode_limit: int = 100  # utterances decoded each epoch for val WER/CER
@@ -143,14 +193,6 @@ GROUP_SCHEMAS: dict[str, type] = {
     "augment": AugmentConfig,
 }
 
-CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
-    "features": {"type": ("mfcc", "logmel"), "normalize": ("utterance", "none")},
-    "model.parameters": {"rnn_type": ("lstm", "gru")},
-    "optimizer": {"name": ("adam", "adamw", "sgd"), "schedule": ("constant", "plateau", "exponential", "cosine")},
-    "decoder": {"name": ("greedy", "beam", "beam_lm")},
-    "trainer": {"strategy": ("auto", "default", "mirrored", "multi_worker")},
-}
-
 
 def register_configs() -> None:
     """Register the schemas so ``conf/`` files can name them in their defaults lists."""
@@ -160,25 +202,44 @@ def register_configs() -> None:
         store.store(group=group, name=f"{group}_schema", node=schema)
 
 
-def _check_choices(config: DictConfig) -> None:
-    for path, fields in CHOICES.items():
-        node = OmegaConf.select(config, path)
-        for key, allowed in fields.items():
-            value = node[key]
-            if value not in allowed:
-                raise UserError(f"{path}.{key}={value!r} is not one of {', '.join(allowed)}")
+NOISE_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+
+
+def noise_files(noise_dir: str | Path) -> list[Path]:
+    """Audio files under ``noise_dir`` (recursively), sorted; none if the folder does not exist."""
+    folder = Path(noise_dir)
+    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in NOISE_SUFFIXES) if folder.is_dir() else []
+
+
+def check_augment_config(augment: Any) -> None:
+    """Raise ``UserError`` naming the ``augment.*`` value that makes no sense (types are the schema's job)."""
+    for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
+        if getattr(augment, name) < 0:
+            raise UserError(f"augment.{name} must be >= 0, got {getattr(augment, name)}")
+    rates = list(augment.speed_perturb)
+    if any(rate <= 0 for rate in rates):
+        raise UserError(f"augment.speed_perturb rates must be > 0, got {rates}")
+    if not 0.0 <= augment.noise_probability <= 1.0:
+        raise UserError(f"augment.noise_probability must be in [0, 1], got {augment.noise_probability}")
+    snr = list(augment.noise_snr_db)
+    if len(snr) != 2 or snr[0] > snr[1]:
+        raise UserError(f"augment.noise_snr_db must be [low, high] with low <= high, got {snr}")
+    if augment.noise_dir and not noise_files(augment.noise_dir):
+        raise UserError(f"augment.noise_dir={augment.noise_dir} is not a folder holding audio files "
+                        f"({', '.join(NOISE_SUFFIXES)}); give a folder of noise recordings, or null for white noise")
 
 
 def validate(config: Any) -> DictConfig:
-    """Merge ``config`` onto the schema: unknown keys and wrong types raise ``UserError``."""
+    """Merge ``config`` onto the schema: unknown keys, wrong types and unknown choices raise ``UserError``."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), config)
     except OmegaConfBaseException as error:
+        node = getattr(error, "child_node", None)
+        if isinstance(node, EnumNode):
+            allowed = ", ".join(member.value for member in node.enum_type)
+            raise UserError(f"{error.full_key}={error.value!r} is not one of {allowed}") from None
         raise UserError(f"bad configuration: {str(error).splitlines()[0]} "
                         f"(full key: {getattr(error, 'full_key', '?')})") from None
-    _check_choices(merged)
-    from asr.audio.augment import check_augment_config
-
     check_augment_config(merged.augment)
     return merged
 
@@ -216,7 +277,7 @@ class Configuration:
         return OmegaConf.to_yaml(self.config)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml())
+        write_atomically(path, self.to_yaml())
 
     def __repr__(self) -> str:
         return f"Configuration(model={self.config.model.name}, exp_dir={self.config.exp_dir})"

@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from asr.errors import UserError
+from asr.files import write_atomically
 
 BLANK = 0
 DEFAULT_SYMBOLS = (" ", *"abcdefghijklmnopqrstuvwxyz", "'")
@@ -78,7 +79,7 @@ class Alphabet:
         return "\n".join(lines) + "\n"
 
     def to_file(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_string(), encoding="utf-8")
+        write_atomically(path, self.to_string())
 
     def __len__(self) -> int:
         return len(self.symbols)
@@ -107,7 +108,21 @@ class Alphabet:
 
 
 def normalize_transcript(text: str) -> str:
-    """Lowercase, strip accents (NFKD), unify apostrophes, collapse whitespace."""
+    """The one transcript normaliser: manifests (importers, synthetic corpora), training labels, LM text, WER.
+
+    The rules, in order:
+
+    1. typographic apostrophes (``’ ‘ ʼ ` ´``) become ``'``;
+    2. Unicode NFKD: compatibility forms become plain ones (``ﬁ`` -> ``fi``, ``²`` -> ``2``, full-width
+       letters -> ASCII) and accented letters split into letter + combining mark;
+    3. combining marks are dropped (``é`` -> ``e``, ``ç`` -> ``c``): an alphabet never needs accented
+       symbols, and scripts that write vowels or voicing as marks lose them;
+    4. lower case;
+    5. each run of whitespace becomes one space, none at the ends.
+
+    Punctuation, digits and symbols are kept: what they mean is the caller's choice (the importers
+    turn punctuation into spaces; the synthetic corpus drops sentences with digits or symbols).
+    """
     decomposed = unicodedata.normalize("NFKD", text.translate(_EQUIVALENTS))
     without_marks = "".join(char for char in decomposed if not unicodedata.combining(char))
     return _WHITESPACE.sub(" ", without_marks.lower()).strip()

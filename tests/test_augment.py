@@ -8,9 +8,8 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asr.audio.augment import (add_noise, augment_waveform, check_augment_config, map_spec_augment, spec_augment,
-                         speed_perturb)
-from asr.configuration import AugmentConfig
+from asr.audio.augment import add_noise, augment_waveform, spec_augment, spec_augment_enabled, speed_perturb
+from asr.configuration import AugmentConfig, check_augment_config
 from asr.errors import UserError
 
 SAMPLE_RATE = 16000
@@ -86,7 +85,16 @@ def test_variable_length_inside_a_graph_and_tiny_clips() -> None:
         _check_masks(features, augmented, config)
 
 
-def test_map_spec_augment_over_a_dataset_is_reproducible_and_changes_each_epoch() -> None:
+def map_spec_augment(dataset: tf.data.Dataset, config: AugmentConfig, seed: int) -> tf.data.Dataset:
+    """SpecAugment on the features of (features, label) pairs, seeds from a dataset re-randomised each epoch."""
+    if not spec_augment_enabled(config):
+        return dataset
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+    pairs = tf.data.Dataset.zip((dataset, seeds))
+    return pairs.map(lambda element, pair: (spec_augment(element[0], config, pair), element[1]))
+
+
+def test_spec_augment_over_a_dataset_is_reproducible_and_changes_each_epoch() -> None:
     config = AugmentConfig(time_masks=2, time_mask_width=10, freq_masks=1, freq_mask_width=4)
     lengths = [30, 55, 12, 80]
     labels = tf.data.Dataset.from_tensor_slices(tf.constant([1, 2, 3, 4]))

@@ -135,7 +135,7 @@ def test_two_processes_fill_one_cache_and_compute_each_entry_once(tmp_path: Path
     expected = np.stack([counting_compute(p, str(tmp_path / "direct.log")).sum(axis=1) for p in audio])
     np.testing.assert_array_equal(np.load(tmp_path / "out0.npy"), expected)
     np.testing.assert_array_equal(np.load(tmp_path / "out1.npy"), expected)
-    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]
+    leftovers = [p for p in (tmp_path / "cache").rglob(".*")]  # asr.files' temporary names
     assert leftovers == []
 
 
@@ -162,7 +162,7 @@ def test_a_failing_compute_in_a_worker_reaches_the_caller(tmp_path: Path, audio:
     cache = FeatureCache(tmp_path / "cache")
     with pytest.raises(UserError, match="broken.wav"):
         cache.extract_many([*audio[:3], broken], {"type": "mfcc"}, file_features, jobs=2, progress=False)
-    assert not list((tmp_path / "cache").rglob("*.tmp"))
+    assert not list((tmp_path / "cache").rglob(".*"))
 
 
 def test_background_fill_runs_ahead_of_a_reader_without_double_work(tmp_path: Path, audio: list[Path]) -> None:

@@ -52,6 +52,19 @@ def test_normalisation_lowercases_strips_accents_and_collapses_spaces():
     assert normalize_transcript("It\u2019s") == "it's"
 
 
+@pytest.mark.parametrize(("raw", "normal"), [
+    ("\u2018Tis \u02bctwas `ok\u00b4", "'tis 'twas 'ok'"),  # rule 1: apostrophes
+    ("\ufb01ne x\u00b2 \uff21\uff22", "fine x2 ab"),  # rule 2: compatibility forms
+    ("Gar\u00e7on nai\u0308ve", "garcon naive"),  # rule 3: marks dropped, precomposed or not
+    ("\u0130STANBUL", "istanbul"),  # rule 4 after 3: no stray combining dot
+    ("\u00a0 a \u2003 b\t\n", "a b"),  # rule 5: any whitespace
+    ("Punct., 42 & $!", "punct., 42 & $!"),  # punctuation, digits, symbols: the caller's business
+])
+def test_normalisation_follows_its_written_rules(raw: str, normal: str) -> None:
+    assert normalize_transcript(raw) == normal
+    assert normalize_transcript(normal) == normal  # idempotent
+
+
 def test_batch_labels_are_padded_with_lengths():
     labels, lengths = get_batch_labels(["ab", "Abc d", ""], Alphabet.default())
     assert labels.dtype == np.int32 and lengths.dtype == np.int32

@@ -7,8 +7,6 @@
   than the utterance: a 5-frame clip with ``time_mask_width=20`` gets masks of 0..4 frames.
   The last frame is never masked and the frequency masks never cover every bin, because the
   models (``asr.models.architectures.FrameMask``) take an utterance's end to be its last non-zero frame.
-* ``map_spec_augment(dataset, augment_config, seed)``: the same over a ``tf.data.Dataset``,
-  with fresh (but reproducible) masks every epoch.
 * ``speed_perturb(signal, rate)``: Kaldi-style speed change by resampling (tempo and pitch
   together); ``rate=1.1`` makes the clip 1/1.1 as long.
 * ``add_noise(signal, snr_db, rng, noise=None)``: white noise, or a random stretch of a
@@ -26,54 +24,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import librosa
 import numpy as np
+from scipy.signal import butter, fftconvolve, sosfilt
 
-from asr.errors import UserError
+from asr.audio.features import compute_features, load_audio, typed_features_config
+from asr.configuration import AugmentConfig, noise_files
 
-
-def _get(config: Any, name: str) -> Any:
-    return config[name] if isinstance(config, dict) else getattr(config, name)
-
-
-def check_augment_config(augment_config: Any) -> None:
-    """Raise ``UserError`` naming the ``augment.*`` value that makes no sense."""
-    for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
-        if int(_get(augment_config, name)) < 0:
-            raise UserError(f"augment.{name} must be >= 0, got {_get(augment_config, name)}")
-    rates = list(_get(augment_config, "speed_perturb") or [])
-    if any(float(rate) <= 0 for rate in rates):
-        raise UserError(f"augment.speed_perturb rates must be > 0, got {rates}")
-    probability = float(_get(augment_config, "noise_probability"))
-    if not 0.0 <= probability <= 1.0:
-        raise UserError(f"augment.noise_probability must be in [0, 1], got {probability}")
-    snr = list(_get(augment_config, "noise_snr_db"))
-    if len(snr) != 2 or float(snr[0]) > float(snr[1]):
-        raise UserError(f"augment.noise_snr_db must be [low, high] with low <= high, got {snr}")
-    noise_dir = _get(augment_config, "noise_dir")
-    if noise_dir and not noise_files(noise_dir):
-        raise UserError(f"augment.noise_dir={noise_dir} is not a folder holding audio files "
-                        f"({', '.join(NOISE_SUFFIXES)}); give a folder of noise recordings, or null for white noise")
-
-
-NOISE_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
-
-
-def noise_files(noise_dir: str | Path) -> list[Path]:
-    """Audio files under ``noise_dir`` (recursively), sorted; none if the folder does not exist."""
-    folder = Path(noise_dir)
-    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in NOISE_SUFFIXES) if folder.is_dir() else []
+# TensorFlow (seconds to import) is imported inside the SpecAugment functions only: the synthesis
+# workers (asr.data.synth) use this module's numpy half and must start without it.
 
 
 def waveform_augment_enabled(augment_config: Any) -> bool:
     """Whether the configuration asks for speed perturbation or noise."""
-    rates = [float(rate) for rate in (_get(augment_config, "speed_perturb") or [])]
-    return any(rate != 1.0 for rate in rates) or float(_get(augment_config, "noise_probability")) > 0
+    return any(rate != 1.0 for rate in augment_config.speed_perturb) or augment_config.noise_probability > 0
 
 
 def spec_augment_enabled(augment_config: Any) -> bool:
     """Whether the configuration asks for any mask."""
-    return (int(_get(augment_config, "freq_masks")) > 0 and int(_get(augment_config, "freq_mask_width")) > 0) or (
-        int(_get(augment_config, "time_masks")) > 0 and int(_get(augment_config, "time_mask_width")) > 0)
+    return (augment_config.freq_masks > 0 and augment_config.freq_mask_width > 0) or (
+        augment_config.time_masks > 0 and augment_config.time_mask_width > 0)
 
 
 # --- SpecAugment (TensorFlow) ------------------------------------------------------------------
@@ -118,49 +88,20 @@ def spec_augment(features: Any, augment_config: Any, seed: Any) -> Any:
         return features
     frequency_seed, time_seed = tf.unstack(tf.random.experimental.stateless_split(_as_seed(seed), 2))
     frames, bins = tf.shape(features)[0], tf.shape(features)[1]
-    keep_bins = _keep_mask(bins, int(_get(augment_config, "freq_masks")),
-                           int(_get(augment_config, "freq_mask_width")), frequency_seed)
+    keep_bins = _keep_mask(bins, augment_config.freq_masks, augment_config.freq_mask_width, frequency_seed)
     keep_bins = tf.logical_or(keep_bins, tf.logical_not(tf.reduce_any(keep_bins)))  # never mask every bin
     # the last frame is never masked: the models find an utterance's end at its last non-zero frame
     maskable = tf.maximum(frames - 1, 0)
-    keep_frames = _keep_mask(maskable, int(_get(augment_config, "time_masks")),
-                             int(_get(augment_config, "time_mask_width")), time_seed)
+    keep_frames = _keep_mask(maskable, augment_config.time_masks, augment_config.time_mask_width, time_seed)
     keep_frames = tf.concat([keep_frames, tf.ones([frames - maskable], tf.bool)], axis=0)
     keep = tf.logical_and(keep_frames[:, tf.newaxis], keep_bins[tf.newaxis, :])
     return features * tf.cast(keep, features.dtype)
-
-
-def map_spec_augment(dataset: Any, augment_config: Any, seed: int, key: int | str = 0,
-                     num_parallel_calls: Optional[int] = None) -> Any:
-    """``dataset`` with SpecAugment applied to each element's ``element[key]`` ([T, F], before batching).
-
-    Masks come from ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)``: the
-    same seed gives the same run, each epoch gets new masks.
-    """
-    import tensorflow as tf
-
-    if not spec_augment_enabled(augment_config):
-        return dataset
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
-
-    def apply(element: Any, pair: Any) -> Any:
-        if isinstance(element, dict):
-            return {**element, key: spec_augment(element[key], augment_config, pair)}
-        if isinstance(element, tuple):
-            index = int(key)
-            return (*element[:index], spec_augment(element[index], augment_config, pair), *element[index + 1:])
-        return spec_augment(element, augment_config, pair)
-
-    zipped = tf.data.Dataset.zip((dataset, seeds))
-    return zipped.map(apply, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE, deterministic=True)
 
 
 # --- waveform side (numpy) ---------------------------------------------------------------------
 
 def speed_perturb(signal: np.ndarray, rate: float, sample_rate: int = 16000) -> np.ndarray:
     """Play ``signal`` ``rate`` times faster (length / rate samples, pitch shifted alike)."""
-    import librosa
-
     if rate <= 0:
         raise ValueError(f"speed rate must be > 0, got {rate}")
     signal = np.asarray(signal, dtype=np.float32)
@@ -217,8 +158,6 @@ def reverberate(signal: np.ndarray, rt60: float, direct_to_reverberant_db: float
     ``rt60`` is the time (s) the reverberant tail takes to fall by 60 dB; the output keeps the
     input's length and peak level, so the transcript's timing is unchanged.
     """
-    from scipy.signal import fftconvolve
-
     signal = np.asarray(signal, dtype=np.float32)
     if signal.size == 0 or rt60 <= 0:
         return signal.copy()
@@ -234,8 +173,6 @@ def reverberate(signal: np.ndarray, rt60: float, direct_to_reverberant_db: float
 
 def band_limit(signal: np.ndarray, low_hz: float | None, high_hz: float, sample_rate: int = 16000) -> np.ndarray:
     """``signal`` through a 4th-order Butterworth band-pass (high-pass skipped when ``low_hz`` is None)."""
-    from scipy.signal import butter, sosfilt
-
     signal = np.asarray(signal, dtype=np.float32)
     if low_hz:
         sos = butter(4, [low_hz, high_hz], btype="bandpass", fs=sample_rate, output="sos")
@@ -246,8 +183,6 @@ def band_limit(signal: np.ndarray, low_hz: float | None, high_hz: float, sample_
 
 def load_noises(paths: Sequence[str], sample_rate: int) -> list[np.ndarray]:
     """Noise recordings for ``add_noise``, read with ``asr.audio.features.load_audio``."""
-    from asr.audio.features import load_audio
-
     return [load_audio(path, sample_rate) for path in paths]
 
 
@@ -258,11 +193,11 @@ def augment_waveform(signal: np.ndarray, augment_config: Any, rng: np.random.Gen
     The SNR is drawn uniformly from ``noise_snr_db``; the noise is white unless ``noises``
     (recordings at ``sample_rate``) are given, then one of them is picked at random.
     """
-    rates = list(_get(augment_config, "speed_perturb") or [])
+    rates = list(augment_config.speed_perturb)
     if rates:
         signal = speed_perturb(signal, float(rates[int(rng.integers(len(rates)))]), sample_rate)
-    if rng.random() < float(_get(augment_config, "noise_probability")):
-        low, high = (float(value) for value in _get(augment_config, "noise_snr_db"))
+    if rng.random() < augment_config.noise_probability:
+        low, high = (float(value) for value in augment_config.noise_snr_db)
         noise = noises[int(rng.integers(len(noises)))] if noises else None
         signal = add_noise(signal, float(rng.uniform(low, high)), rng, noise)
     return np.asarray(signal, dtype=np.float32)
@@ -278,33 +213,29 @@ class WaveformAugmenter:
 
     def __init__(self, augment_config: Any, features_config: Any,
                  fits: Callable[[int, np.ndarray], bool] = lambda frames, labels: True) -> None:
-        from asr.audio.features import _plain_config
-
         self.augment_config = augment_config
-        self.features_config = _plain_config(features_config)
-        self.sample_rate = int(self.features_config["sample_rate"])
+        self.features_config = typed_features_config(features_config)
+        self.sample_rate = self.features_config.sample_rate
         self.fits = fits
         self._noises: Optional[list[np.ndarray]] = None
 
     def noises(self) -> list[np.ndarray]:
         if self._noises is None:
-            noise_dir = _get(self.augment_config, "noise_dir")
+            noise_dir = self.augment_config.noise_dir
             self._noises = load_noises([str(path) for path in noise_files(noise_dir)], self.sample_rate) \
                 if noise_dir else []
         return self._noises
 
     def __call__(self, audio_filepath: str | Path, labels: np.ndarray, seed_key: Sequence[int]) -> np.ndarray:
         """Features ``[T, F]`` of ``audio_filepath`` augmented as ``seed_key`` (e.g. seed, epoch, index) draws."""
-        from asr.audio.features import compute_features, load_audio
-
         signal = load_audio(audio_filepath, self.sample_rate)
         noises = self.noises() or None
         augmented = augment_waveform(signal, self.augment_config, np.random.default_rng(list(seed_key)),
                                      self.sample_rate, noises)
         features = compute_features(augmented, self.features_config)
         if not self.fits(len(features), labels):  # sped up too much for its transcript: keep the speed
-            no_speed = {"speed_perturb": [], "noise_probability": _get(self.augment_config, "noise_probability"),
-                        "noise_snr_db": _get(self.augment_config, "noise_snr_db")}
+            no_speed = AugmentConfig(noise_probability=self.augment_config.noise_probability,
+                                     noise_snr_db=list(self.augment_config.noise_snr_db))
             augmented = augment_waveform(signal, no_speed, np.random.default_rng(list(seed_key)), self.sample_rate,
                                          noises)
             features = compute_features(augmented, self.features_config)

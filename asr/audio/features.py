@@ -11,12 +11,16 @@ import multiprocessing
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import librosa
 import numpy as np
+import soundfile
+from omegaconf import DictConfig, OmegaConf
 
+from asr.configuration import FeatureType, FeaturesConfig, Normalization
 from asr.errors import UserError
 
 EPSILON = 1e-6
@@ -25,27 +29,33 @@ EPSILON = 1e-6
 MIN_FILES_PER_PROCESS = 250
 
 
-def _plain_config(features_config: Any) -> dict[str, Any]:
-    """A FeaturesConfig (dataclass, DictConfig or mapping) as a plain dict, defaults filled in."""
-    from asr.configuration import FeaturesConfig
-
-    values = asdict(FeaturesConfig())
+def typed_features_config(features_config: Any = None) -> FeaturesConfig:
+    """``features_config`` as a ``FeaturesConfig``: given one, a DictConfig or a mapping (missing keys take
+    the schema's defaults), or None for the defaults. Converted once per call, so per-file work reads
+    plain attributes (an OmegaConf merge would cost as much as the features of a short clip)."""
     if features_config is None:
-        return values
-    if is_dataclass(features_config):
-        values.update(asdict(features_config))
-    elif isinstance(features_config, Mapping) or hasattr(features_config, "items"):
-        values.update({key: features_config[key] for key in features_config.keys()})
+        return FeaturesConfig()
+    if isinstance(features_config, FeaturesConfig):
+        return features_config
+    if isinstance(features_config, DictConfig):
+        values = OmegaConf.to_container(features_config, resolve=True)
+    elif isinstance(features_config, Mapping):
+        values = dict(features_config)
     else:
         raise ValueError(f"features_config must be a FeaturesConfig or a mapping, got {type(features_config).__name__}")
-    return values
+    try:
+        return FeaturesConfig(**values)  # type: ignore[arg-type]
+    except TypeError as error:  # an unknown key
+        raise ValueError(f"features_config: {error}") from None
+
+
+def _plain_config(features_config: Any) -> dict[str, Any]:
+    """The settings as a plain dict: only for ``asr.serving.export`` until it reads ``typed_features_config``."""
+    return asdict(typed_features_config(features_config))
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Read ``path`` as float32 mono at ``sample_rate``; unreadable audio raises ``UserError``."""
-    import librosa
-    import soundfile
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"audio file not found: {path}")
@@ -74,37 +84,33 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
 
 def compute_features(signal: np.ndarray, features_config: Any = None) -> np.ndarray:
     """MFCC or log-mel features ``[T, F]`` float32 of a mono signal, normalised per utterance."""
-    import librosa
-
-    config = _plain_config(features_config)
-    rate = int(config["sample_rate"])
-    window = int(round(config["window_ms"] * rate / 1000))
-    hop = int(round(config["hop_ms"] * rate / 1000))
-    n_fft = int(config["n_fft"])
-    if window > n_fft:
-        raise UserError(f"features: window_ms={config['window_ms']} is {window} samples, more than n_fft={n_fft}")
-    common = dict(sr=rate, n_fft=n_fft, hop_length=hop, win_length=window, center=True)
-    if config["type"] == "mfcc":
-        features = librosa.feature.mfcc(y=signal, n_mfcc=int(config["num_features"]),
-                                         n_mels=int(config["n_mels"]), **common)
-    elif config["type"] == "logmel":
-        mel = librosa.feature.melspectrogram(y=signal, n_mels=int(config["num_features"]), **common)
+    config = typed_features_config(features_config)
+    rate = config.sample_rate
+    window = int(round(config.window_ms * rate / 1000))
+    hop = int(round(config.hop_ms * rate / 1000))
+    if window > config.n_fft:
+        raise UserError(f"features: window_ms={config.window_ms} is {window} samples, more than n_fft={config.n_fft}")
+    common = dict(sr=rate, n_fft=config.n_fft, hop_length=hop, win_length=window, center=True)
+    if config.type == FeatureType.mfcc:
+        features = librosa.feature.mfcc(y=signal, n_mfcc=config.num_features, n_mels=config.n_mels, **common)
+    elif config.type == FeatureType.logmel:
+        mel = librosa.feature.melspectrogram(y=signal, n_mels=config.num_features, **common)
         features = np.log(mel + EPSILON)
     else:
-        raise UserError(f"features.type={config['type']!r} is not one of mfcc, logmel")
+        raise UserError(f"features.type={config.type!r} is not one of {', '.join(FeatureType)}")
     features = features.T.astype(np.float32)  # [T, F]
-    if config["normalize"] == "utterance":
+    if config.normalize == Normalization.utterance:
         features = (features - features.mean(axis=0)) / (features.std(axis=0) + EPSILON)
     return np.ascontiguousarray(features, dtype=np.float32)
 
 
 def file_features(path: str | Path, features_config: Any = None) -> np.ndarray:
     """Features ``[T, F]`` of one audio file."""
-    config = _plain_config(features_config)
-    return compute_features(load_audio(path, int(config["sample_rate"])), config)
+    config = typed_features_config(features_config)
+    return compute_features(load_audio(path, config.sample_rate), config)
 
 
-def _file_features_worker(arguments: tuple[str, dict[str, Any], bool]) -> Any:
+def _file_features_worker(arguments: tuple[str, FeaturesConfig, bool]) -> Any:
     path, config, keep_going = arguments
     if not keep_going:
         return file_features(path, config)
@@ -122,7 +128,7 @@ def extract_features(files: Sequence[str | Path], features_config: Any = None, j
     forked. ``progress(done, total)`` is called as results arrive. An unreadable file raises
     ``UserError``; with ``keep_going`` its place in the list holds that ``UserError`` instead.
     """
-    config = _plain_config(features_config)
+    config = typed_features_config(features_config)
     total = len(files)
     jobs = min(jobs or os.cpu_count() or 1, total // MIN_FILES_PER_PROCESS)
     if jobs <= 1:

@@ -12,9 +12,9 @@ Layout under ``cache_dir``::
   feature setting does not. The content hash of a file is remembered (in memory and under
   ``hashes/``) by ``(absolute path, size, mtime_ns)``, so a warm cache never re-reads audio.
 * Writers compute under a file lock (one of 256 stripes per configuration, so lock files do
-  not pile up), check again once they hold it, and publish with write-to-temporary +
-  ``os.replace``: a reader never sees half an entry and never needs the lock. Two processes
-  filling one cache compute each entry once.
+  not pile up), check again once they hold it, and publish through ``asr.files.atomic_path``
+  (a temporary name, then ``os.replace``): a reader never sees half an entry and never needs
+  the lock. Two processes filling one cache compute each entry once.
 * An entry that does not load (truncated, garbage) is recomputed and replaced, with a warning.
 """
 
@@ -26,7 +26,6 @@ import logging
 import multiprocessing
 import os
 import sys
-import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
@@ -35,6 +34,11 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, cast
 
 import numpy as np
 from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from asr.files import atomic_path, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +55,8 @@ def canonical_config(features_config: Any) -> dict[str, Any]:
         return {}
     if is_dataclass(features_config) and not isinstance(features_config, type):
         return asdict(features_config)
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(features_config, DictConfig):
-            return OmegaConf.to_container(features_config, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
+    if isinstance(features_config, DictConfig):
+        return OmegaConf.to_container(features_config, resolve=True)  # type: ignore[return-value]
     if isinstance(features_config, Mapping):
         return {str(key): value for key, value in features_config.items()}
     raise ValueError(f"features_config must be a dataclass, DictConfig or mapping, "
@@ -78,20 +77,6 @@ def content_hash(path: str | Path) -> str:
         while chunk := stream.read(READ_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _atomic_write_bytes(target: Path, write: Callable[[Any], None]) -> None:
-    """Write ``target`` through a temporary file in its folder and ``os.replace``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            write(stream)
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600; the cache may be shared
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -135,7 +120,7 @@ class FeatureCache:
             if not read:
                 return None
             value = content_hash(absolute)
-            _atomic_write_bytes(index_file, lambda stream: stream.write(value.encode("ascii")))
+            write_atomically(index_file, value)
         self._hashes[version] = value
         return value
 
@@ -147,8 +132,7 @@ class FeatureCache:
             description = folder / "config.json"
             if not description.exists():
                 document = {"cache_format": CACHE_FORMAT_VERSION, "features": canonical_config(features_config)}
-                payload = json.dumps(document, sort_keys=True, indent=2, default=str).encode("utf-8")
-                _atomic_write_bytes(description, lambda stream: stream.write(payload))
+                write_atomically(description, json.dumps(document, sort_keys=True, indent=2, default=str))
             self._configs[text] = digest
         return self.cache_dir / self._configs[text]
 
@@ -201,7 +185,8 @@ class FeatureCache:
             features = np.asarray(compute(path))
             if features.dtype == object:
                 raise ValueError(f"compute({path}) returned an object array; the cache stores numeric arrays")
-            _atomic_write_bytes(entry, lambda stream: np.save(stream, features, allow_pickle=False))
+            with atomic_path(entry) as temporary, temporary.open("wb") as stream:
+                np.save(stream, features, allow_pickle=False)
             self.statistics.computed += 1
             return features
 
@@ -324,9 +309,6 @@ def _worker_cache(cache_dir: str) -> FeatureCache:
 @contextmanager
 def _progress_bar(enabled: bool, total: int) -> Iterator[tuple[Any, Any]]:
     """A transient rich progress bar on stderr (a silent one when ``enabled`` is false)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     bar = Progress(TextColumn("features"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not enabled)
     with bar:

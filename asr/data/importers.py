@@ -29,8 +29,9 @@ import soundfile
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from asr.errors import UserError
 from asr.data.manifest import Utterance, write_manifest
+from asr.errors import UserError
+from asr.text import normalize_transcript
 
 logger = logging.getLogger(__name__)
 
@@ -68,22 +69,15 @@ class _Candidate:
     text: str  # already normalised; "" means empty or missing
 
 
-def normalize_sentence(text: str) -> str:
-    """Lower-case, NFC, punctuation (except apostrophes inside words) to spaces, one space between words.
+def corpus_transcript(text: str) -> str:
+    """``asr.text.normalize_transcript``, then punctuation and symbols (apostrophes inside words kept) to spaces.
 
-    Letters of any script are kept (Common Voice is multilingual); characters outside the
+    Letters, spacing marks and digits of any script are kept (Common Voice is multilingual); characters outside the
     training alphabet are the alphabet's business, not the importer's.
     """
-    text = unicodedata.normalize("NFC", text).lower().replace("’", "'").replace("`", "'")
-    kept = []
-    for character in text:
-        category = unicodedata.category(character)
-        if character == "'" or category[0] in ("L", "M", "N"):
-            kept.append(character)
-        else:
-            kept.append(" ")
-    words = ("".join(kept)).split()
-    return " ".join(word.strip("'") for word in words if word.strip("'"))
+    kept = [character if character == "'" or unicodedata.category(character)[0] in ("L", "M", "N") else " "
+            for character in normalize_transcript(text)]
+    return " ".join(word.strip("'") for word in "".join(kept).split() if word.strip("'"))
 
 
 def _probe(path: Path) -> tuple[Optional[float], str]:
@@ -162,7 +156,7 @@ def _librispeech_candidates(folder: Path) -> list[_Candidate]:
                 continue
             utterance_id, _, text = line.strip().partition(" ")
             audio = chapter / f"{utterance_id}.flac"
-            candidates[audio] = _Candidate(audio, normalize_sentence(text))
+            candidates[audio] = _Candidate(audio, corpus_transcript(text))
         for audio in chapter.glob("*.flac"):  # audio without a transcript line: counted, not lost
             candidates.setdefault(audio, _Candidate(audio, ""))
     return [candidates[path] for path in sorted(candidates)]
@@ -197,7 +191,7 @@ def _commonvoice_candidates(folder: Path, split: str) -> list[_Candidate]:
                 raise UserError(f"{table}:{line_number}: expected {len(header)} tab-separated columns, "
                                 f"found {len(row)}")
             audio = clips / row[path_column]
-            candidates.append(_Candidate(audio, normalize_sentence(row[sentence_column])))
+            candidates.append(_Candidate(audio, corpus_transcript(row[sentence_column])))
     return candidates
 
 

@@ -8,7 +8,7 @@ A manifest lists utterances: an audio file, its duration in seconds and its tran
   read from the audio file's header (``soundfile.info``) unless a ``duration`` column exists.
 
 Relative audio paths are resolved against the manifest's folder. ``write_manifest`` always
-writes JSON lines, atomically (temporary file + ``os.replace``), so a reader never sees half
+writes JSON lines atomically (through ``asr.files.atomic_path``), so a reader never sees half
 a manifest. Clips longer than ``max_duration`` are skipped and counted: ``read_manifest``
 logs one warning line, ``read_manifest_with_stats`` also returns the counts.
 """
@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -28,6 +27,7 @@ from typing import Iterable, Iterator
 import soundfile
 
 from asr.errors import UserError
+from asr.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -202,23 +202,14 @@ def write_manifest(path: str | Path, utterances: Iterable[Utterance], relative: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(os.path.normpath(path.parent.absolute()))
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            for utterance in utterances:
-                if not isinstance(utterance, Utterance):
-                    raise ValueError(f"write_manifest expects Utterance items, got {type(utterance).__name__}")
-                record = {"audio_filepath": _manifest_path(utterance.audio_filepath, folder, relative),
-                          "duration": round(float(utterance.duration), 6),
-                          "text": utterance.text}
-                stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, temporary.open("w", encoding="utf-8") as stream:
+        for utterance in utterances:
+            if not isinstance(utterance, Utterance):
+                raise ValueError(f"write_manifest expects Utterance items, got {type(utterance).__name__}")
+            record = {"audio_filepath": _manifest_path(utterance.audio_filepath, folder, relative),
+                      "duration": round(float(utterance.duration), 6),
+                      "text": utterance.text}
+            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
     return count

@@ -40,6 +40,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+import espeakng_loader
 import numpy as np
 import soundfile
 import soxr
@@ -48,6 +49,7 @@ from asr.audio.augment import add_noise, band_limit, colored_noise, reverberate
 from asr.data.sentences import generate_sentences
 from asr.data.texts import fortune_sentences, wordnet_sentences
 from asr.errors import UserError
+from asr.files import write_atomically
 
 SAMPLE_RATE = 16_000
 BLOCK_SIZE = 64
@@ -108,8 +110,6 @@ class VoiceSettings:
 
 def espeak_data_path() -> Path:
     """The espeak-ng-data folder shipped by espeakng-loader."""
-    import espeakng_loader
-
     return Path(espeakng_loader.get_data_path())
 
 
@@ -155,8 +155,6 @@ class Espeak:
     """libespeak-ng driven through ctypes, synchronous mode. Its state is global: one per process."""
 
     def __init__(self) -> None:
-        import espeakng_loader
-
         self.library = ctypes.CDLL(espeakng_loader.get_library_path())
         self.library.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.library.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
@@ -415,9 +413,8 @@ def synthesize_corpus(out_dir: Path, count: int, seed: int, splits: dict[str, fl
 
 
 def _write_manifest(path: Path, records: list[dict]) -> Path:
-    with open(path, "w", encoding="utf-8", newline="\n") as stream:
-        for record in records:
-            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+    """JSON lines with the synthesis metadata (voice, source) that ``asr.data.manifest`` does not keep."""
+    write_atomically(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     return path
 
 

@@ -34,7 +34,7 @@ _ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyz' ")
 _WORDNET_EXAMPLE = re.compile(r'"([^"]+)"')
 
 
-def normalize_sentence(raw: str) -> str | None:
+def usable_sentence(raw: str) -> str | None:
     """``raw`` in the alphabet's form, or None when it holds anything a reader would say differently."""
     text = normalize_transcript(raw)
     text = _WORD_JOINERS.sub(" ", text)
@@ -66,7 +66,7 @@ def fortune_sentences(folder: Path = FORTUNES_DIR) -> tuple[str, ...]:
     for path in files:
         for entry in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
             for raw in split_sentences(entry):
-                sentence = normalize_sentence(raw)
+                sentence = usable_sentence(raw)
                 if sentence:
                     sentences.add(sentence)
     return tuple(sorted(sentences))
@@ -84,7 +84,7 @@ def wordnet_sentences(folder: Path = WORDNET_DIR) -> tuple[str, ...]:
             if line.startswith("  "):  # the licence header
                 continue
             for raw in _WORDNET_EXAMPLE.findall(line.partition("|")[2]):
-                sentence = normalize_sentence(raw)
+                sentence = usable_sentence(raw)
                 if sentence:
                     sentences.add(sentence)
     return tuple(sorted(sentences))
