@@ -17,7 +17,8 @@ import pytest
 from asr.configuration import Configuration
 from asr.data.synth import synthesize_corpus
 from asr.errors import UserError
-from asr.training.loop import CHECKPOINT_DIR, FINGERPRINT_FILE, train, training_fingerprint
+from asr.training.checkpoint import CHECKPOINT_DIR, FINGERPRINT_FILE, training_fingerprint
+from asr.training.loop import train
 from asr.text import Alphabet
 from tests.tiny_model import TINY_PARAMETERS, tiny_overrides
 
@@ -96,7 +97,7 @@ def test_resume_only_what_the_checkpoint_trains_in_its_own_job(corpus, tmp_path,
 
     # a checkpoint from before fingerprints: resumed with a warning, and fingerprinted from then on
     (exp / CHECKPOINT_DIR / FINGERPRINT_FILE).unlink()
-    with caplog.at_level(logging.WARNING, logger="asr.training.loop"):
+    with caplog.at_level(logging.WARNING, logger="asr.training.checkpoint"):
         assert train(config(corpus, exp, epochs=4)).epochs_run == 4
     assert "written before checkpoints had fingerprints" in caplog.text
     assert stored(exp)["fingerprint"] == record["fingerprint"] and stored(exp)["job"] is None
