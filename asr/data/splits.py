@@ -60,7 +60,7 @@ class CachedFeatures:
 
 def features_source(utterances: Sequence[Utterance], config: DictConfig, label: str) -> FeaturesFor:
     """Where features come from: ``data.cache_dir``'s on-disk cache (computed on first use) or memory."""
-    cache_dir = config.data.get("cache_dir")
+    cache_dir = config.data.cache_dir
     if not cache_dir:
         return in_memory_features(utterances, config.features, jobs=os.cpu_count(), label=label)
     return CachedFeatures(cache_dir, config.features)
@@ -79,7 +79,7 @@ def load_split(manifest: str, config: DictConfig, alphabet: Alphabet, split: str
     if not utterances:
         raise UserError(f"{split} manifest {manifest} has no utterances")
     features_for = features_source(utterances, config, f"{split} features")
-    if config.data.get("cache_dir"):  # nothing is computed up front: frame counts come from durations
+    if config.data.cache_dir:  # nothing is computed up front: frame counts come from durations
         def frames_for(utterance: Utterance) -> int:
             return frames_from_duration(utterance.duration, config.features)
     else:

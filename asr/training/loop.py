@@ -108,7 +108,7 @@ class Trainer:
                  train_data: SplitData | None = None, dev_data: SplitData | None = None) -> None:
         self.config = config
         if strategy is None:
-            configure_threads(config.trainer.get("intra_op_threads"), config.trainer.get("inter_op_threads"))
+            configure_threads(config.trainer.intra_op_threads, config.trainer.inter_op_threads)
         self.strategy = strategy or make_strategy(config.trainer.strategy)
         self.alphabet = alphabet or load_alphabet(config)
         self.callbacks = list(callbacks)
@@ -125,7 +125,7 @@ class Trainer:
     # ----- setup ---------------------------------------------------------------------------
     def _pretrained(self) -> Pretrained | None:
         """``trainer.init_from``, checked before any data is read; None when the run resumes or has a model."""
-        init_from = self.config.trainer.get("init_from")
+        init_from = self.config.trainer.init_from
         if not init_from or self._initial_model is not None:
             return None  # a model handed in (Pipeline.train) is its own starting point
         if self.checkpoints.to_resume():
@@ -244,7 +244,7 @@ class Trainer:
         return self._elapsed_before + time.perf_counter() - self._started
 
     def _time_limit_seconds(self) -> float | None:
-        limit = self.config.trainer.get("time_limit_minutes")
+        limit = self.config.trainer.time_limit_minutes
         return limit * 60 if limit else None
 
     def _time_left(self) -> float | None:
@@ -369,7 +369,7 @@ class Trainer:
     def _prepare(self) -> Pretrained | None:
         """Everything before the first epoch: init_from, data, model, resume, step functions."""
         trainer = self.config.trainer
-        if trainer.get("time_limit_minutes") and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        if trainer.time_limit_minutes and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # each worker would read its own clock and stop (or set its rate) at a different step
             raise UserError("trainer.time_limit_minutes does not work with several workers: set trainer.epochs")
         pretrained = self._pretrained()
