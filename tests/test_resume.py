@@ -3,8 +3,8 @@
 The schedule's state matters here: the rate is high enough for the plateau schedule to divide it on a
 stall, so the resumed run must carry ``plateau_decays`` (and the optimizer's moments, the early-stopping
 count and the best loss) over from the checkpoint. On a CPU the same ops in the same order give the same
-floats, so the tolerance is tight (1e-6, for the float32 sums done in another order between processes'
-thread pools) rather than exact.
+floats (the data order of epoch k depends only on (seed, k)), so the tolerance is tight: 1e-6, not exact,
+only so that a float32 sum that oneDNN's thread pool orders differently does not fail it.
 """
 
 from __future__ import annotations
