@@ -46,7 +46,8 @@ class Pipeline:
         """A pipeline with a model built from ``configuration`` (then call ``train()``): new, or starting
         from the weights of the bundle named by ``trainer.init_from``."""
         from asr.models.architectures import build_model
-        from asr.training.loop import initialise_from_pretrained, load_alphabet
+        from asr.data.splits import load_alphabet
+        from asr.training.init_from import initialise_from_pretrained
 
         configuration = _as_configuration(configuration)
         alphabet = load_alphabet(configuration.config)
@@ -73,7 +74,7 @@ class Pipeline:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Logits ``[B, T', V]`` of a padded feature batch."""
-        from asr.training.loop import predict_logits
+        from asr.training.validation import predict_logits
 
         return predict_logits(self.model, features)
 

@@ -34,7 +34,8 @@ SAMPLE_TRANSCRIPTS = 10
 def evaluate_split(model: Any, manifest: str, config: DictConfig, alphabet: Any) -> dict:
     """Greedy WER/CER on a manifest, with sample transcripts."""
     from asr.metrics import cer, wer
-    from asr.training.loop import load_split, transcribe_examples
+    from asr.data.splits import load_split
+    from asr.training.validation import transcribe_examples
 
     data = load_split(manifest, config, alphabet, "test")
     references, hypotheses = transcribe_examples(model, data, alphabet, config)
@@ -65,7 +66,8 @@ def run(config: DictConfig, callbacks: Sequence[Any] = ()) -> dict:
     """Train, evaluate on the test manifest, write ``model.bin`` and ``result.json``; return the result."""
     from asr.bundle import save_bundle
     from asr.training.strategy import configure_threads, is_chief, make_strategy
-    from asr.training.loop import Trainer, load_alphabet
+    from asr.data.splits import load_alphabet
+    from asr.training.loop import Trainer
 
     started = time.perf_counter()
     exp_dir = Path(config.exp_dir)

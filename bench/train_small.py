@@ -73,7 +73,8 @@ def main() -> None:
     import keras
 
     from asr.train import evaluate_split
-    from asr.training.loop import Trainer, load_alphabet
+    from asr.data.splits import load_alphabet
+    from asr.training.loop import Trainer
 
     keras.utils.set_random_seed(int(config.seed))
     started = time.perf_counter()
@@ -107,7 +108,8 @@ def beam_lm_figures(model: Any, config: Any, alphabet: Any, order: int, lm_path:
     from asr.decoding.lm import build_arpa
     from asr.data.manifest import read_manifest
     from asr.metrics import cer, wer
-    from asr.training.loop import load_split, transcribe_examples
+    from asr.data.splits import load_split
+    from asr.training.validation import transcribe_examples
 
     started = time.perf_counter()
     build_arpa([utterance.text.split() for utterance in read_manifest(config.data.train_manifest)], order).write(lm_path)

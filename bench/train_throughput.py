@@ -103,7 +103,8 @@ def main() -> None:
     from asr.data.feature_cache import FeatureCache
     from asr.data.manifest import read_manifest
     from asr.text import Alphabet
-    from asr.training.loop import SplitData, Trainer
+    from asr.data.splits import SplitData
+    from asr.training.loop import Trainer
 
     work = arguments.work_dir or Path(tempfile.mkdtemp(prefix="asr-throughput-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ import pytest
 from asr.configuration import Configuration
 from asr.data.synth import synthesize_corpus
 from asr.errors import UserError
-from asr.training.loop import CHECKPOINT_DIR, FINGERPRINT_FILE, train, training_fingerprint
+from asr.training.checkpoint import CHECKPOINT_DIR, FINGERPRINT_FILE, training_fingerprint
+from asr.training.loop import train
 from asr.text import Alphabet
 from tests.tiny_model import TINY_PARAMETERS, tiny_overrides
 
@@ -96,7 +97,7 @@ def test_resume_only_what_the_checkpoint_trains_in_its_own_job(corpus, tmp_path,
 
     # a checkpoint from before fingerprints: resumed with a warning, and fingerprinted from then on
     (exp / CHECKPOINT_DIR / FINGERPRINT_FILE).unlink()
-    with caplog.at_level(logging.WARNING, logger="asr.training.loop"):
+    with caplog.at_level(logging.WARNING, logger="asr.training.checkpoint"):
         assert train(config(corpus, exp, epochs=4)).epochs_run == 4
     assert "written before checkpoints had fingerprints" in caplog.text
     assert stored(exp)["fingerprint"] == record["fingerprint"] and stored(exp)["job"] is None
@@ -125,3 +126,16 @@ def test_the_training_app_refuses_another_jobs_checkpoint_with_exit_code_2(corpu
     assert len(errors) == 1 and "Traceback" not in other.stderr, other.stderr[-3000:]
     assert "it trains something else (model.parameters.rnn_sizes: [16] there, [24] here)" in errors[0]
     assert (exp / "model.bin").read_bytes() == model  # the first job's results are left alone
+
+
+def test_the_fingerprint_of_the_default_configuration_is_unchanged(tmp_path):
+    # Pinned (computed with the trainer of commit df9b426): a change here means checkpoints of runs in
+    # progress can no longer be resumed. If that is intended (a new model/features/optimizer/augment key
+    # changes what is trained), update the value and say so in the commit.
+    (tmp_path / "train.jsonl").write_text('{"audio_filepath": "a.wav", "duration": 1.0, "text": "a b"}\n')
+    (tmp_path / "dev.jsonl").write_text('{"audio_filepath": "b.wav", "duration": 2.0, "text": "b a"}\n')
+    defaults = Configuration({"exp_dir": str(tmp_path), "data": {
+        "train_manifest": str(tmp_path / "train.jsonl"), "dev_manifest": str(tmp_path / "dev.jsonl"),
+        "test_manifest": None}}).config
+    assert (training_fingerprint(defaults, Alphabet.default())["fingerprint"]
+            == "803b645cac3037b3fa2442536f392537c96c834ec31dcb6d9c0c4307e30b93e0")

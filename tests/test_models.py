@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from asr.configuration import ModelConfig
 from asr.errors import UserError
-from asr.models.architectures import build_model, frame_lengths, output_lengths
+from asr.models.architectures import build_model, output_lengths
 
 NUM_FEATURES, NUM_LABELS = 26, 29
 
@@ -21,6 +21,13 @@ def tiny_config(name: str = "deepspeech2", rnn_type: str = "lstm"):
     config.parameters.dense_sizes = [16]
     config.parameters.context = 2
     return config
+
+
+def frame_lengths(features: np.ndarray) -> np.ndarray:
+    """True frame counts of a padded batch, as the model's FrameMask sees them (last non-zero frame, at least 1)."""
+    nonzero = np.any(features != 0, axis=-1)
+    positions = np.arange(1, features.shape[1] + 1)[None, :]
+    return np.maximum(np.max(np.where(nonzero, positions, 0), axis=1), 1).astype(np.int32)
 
 
 def padded_batch(lengths, seed=0):
@@ -88,32 +95,3 @@ def test_the_mask_reaching_the_rnns_is_right_padded_even_with_silent_frames_insi
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(UserError, match="deepspeech, deepspeech2"):
         build_model(OmegaConf.create({"name": "wav2letter", "parameters": {}}), NUM_FEATURES, NUM_LABELS)
-
-
-@pytest.mark.parametrize("go_backwards", [False, True])
-def test_projected_gru_matches_keras_gru_with_masks_and_gradients(go_backwards):
-    import tensorflow as tf
-
-    from asr.models.architectures import ProjectedGRU
-
-    settings = dict(units=6, return_sequences=True, reset_after=True, go_backwards=go_backwards)
-    keras_gru, projected_gru = keras.layers.GRU(**settings), ProjectedGRU(**settings)
-    inputs = np.random.default_rng(0).standard_normal((3, 7, 5)).astype(np.float32)
-    mask = np.arange(7)[None, :] < np.array([[7], [4], [1]])  # right-padded, as the models make it
-    keras_gru(inputs, mask=mask)
-    projected_gru(inputs, mask=mask)
-    projected_gru.set_weights([weight + 0.1 * index for index, weight in enumerate(keras_gru.get_weights())])
-    keras_gru.set_weights(projected_gru.get_weights())  # non-trivial biases on both
-
-    def outputs_and_gradients(layer):
-        tensor = tf.convert_to_tensor(inputs)
-        with tf.GradientTape() as tape:
-            tape.watch(tensor)
-            outputs = layer(tensor, mask=mask, training=True)
-            loss = tf.reduce_sum(outputs * tf.range(1.0, 7.0))
-        return [outputs, *tape.gradient(loss, [tensor, *layer.trainable_variables])]
-
-    for expected, got in zip(outputs_and_gradients(keras_gru), outputs_and_gradients(projected_gru)):
-        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
-    restored = ProjectedGRU.from_config(projected_gru.get_config())
-    assert isinstance(restored, keras.layers.GRU) and restored.go_backwards == go_backwards

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 from asr.configuration import validate
 from asr.data.synth import synthesize_corpus
-from asr.training.loop import CHECKPOINT_DIR, METRICS_FILE, Trainer, cosine_learning_rate
+from asr.training.checkpoint import CHECKPOINT_DIR, METRICS_FILE
+from asr.training.loop import Trainer
+from asr.training.schedule import cosine_learning_rate
 
 TINY_MODEL = {"rnn_type": "gru", "rnn_sizes": [8], "conv_filters": [2], "conv_kernels": [[11, 11]],
               "conv_strides": [[2, 2]]}

@@ -44,7 +44,8 @@ def cache_entries(cache_dir: Path) -> dict[Path, int]:
 def test_cache_is_filled_on_first_use_and_reused_by_the_next_run(corpus, tmp_path, caplog):
     from asr.data.manifest import read_manifest
     from asr.text import Alphabet
-    from asr.training.loop import Trainer, load_split
+    from asr.data.splits import load_split
+    from asr.training.loop import Trainer
 
     cache_dir = tmp_path / "cache"
     config = make_config(corpus, tmp_path / "exp-1", cache_dir)
@@ -69,7 +70,7 @@ def test_cache_is_filled_on_first_use_and_reused_by_the_next_run(corpus, tmp_pat
 def test_cached_features_and_estimated_frame_counts_match_the_audio(corpus, tmp_path):
     from asr.audio.features import file_features
     from asr.text import Alphabet
-    from asr.training.loop import load_split
+    from asr.data.splits import load_split
 
     config = make_config(corpus, tmp_path / "exp", tmp_path / "cache")
     train = load_split(config.data.train_manifest, config, Alphabet.default(), "train")

@@ -17,9 +17,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from asr.models.ctc import minimum_frames
-from asr.errors import UserError
+from asr.audio.augment import spec_augment, spec_augment_enabled
+from asr.audio.features import extract_features
 from asr.data.manifest import Utterance
+from asr.errors import UserError
+from asr.models.ctc import minimum_frames
 from asr.text import Alphabet, encode_transcript
 
 logger = logging.getLogger(__name__)
@@ -92,8 +94,6 @@ def make_dataset(examples: Sequence[Example], features_for: FeaturesFor, num_fea
     (``asr.audio.augment.WaveformAugmenter``) replaces ``features_for``: each utterance is read, sped up
     or slowed down and mixed with noise as ``(seed, epoch, index)`` draws, then featurised.
     """
-    from asr.audio.augment import spec_augment, spec_augment_enabled
-
     order = batch_order(examples, batch_size, epoch, seed, sortagrad, shuffle)
     augment = augment_config is not None and spec_augment_enabled(augment_config)
 
@@ -128,8 +128,6 @@ def make_dataset(examples: Sequence[Example], features_for: FeaturesFor, num_fea
 def in_memory_features(utterances: Sequence[Utterance], features_config: Any, jobs: int | None = None,
                        label: str = "features") -> FeaturesFor:
     """Compute every utterance's features once (worker processes) and serve them from memory."""
-    from asr.audio.features import extract_features
-
     unique = list(dict.fromkeys(utterance.audio_filepath for utterance in utterances))
     step = max(1, len(unique) // 10)
 

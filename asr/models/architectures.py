@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import keras
-import numpy as np
 from keras import layers, ops
 
 from asr.errors import UserError
@@ -198,56 +197,24 @@ class BlankPadding(layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ProjectedGRU(layers.GRU):
-    """Keras' GRU, same weights and outputs, with the input projection taken out of the time loop on CPU.
+    """Keras' GRU under the name that bundles saved before 2026-12-02 use (``asr>ProjectedGRU``), so they load.
 
-    On a GPU it is Keras' GRU (the cuDNN kernel). Elsewhere Keras multiplies each frame by the
-    input kernel inside its step loop; here all frames are multiplied at once, one large matmul
-    before the loop, and the loop does only the recurrent part. Needs ``reset_after=True`` and no
-    input dropout (the models drop out between layers instead); otherwise Keras' loop runs.
+    It used to take the input projection out of Keras' (private) CPU step loop; the speed-up did not
+    reproduce when re-measured (+-1 %), so new models are built with ``keras.layers.GRU`` and this
+    alias only deserialises old bundles (same weights, same outputs).
     """
 
-    def inner_loop(self, sequences: Any, initial_state: Any, mask: Any, training: bool = False) -> Any:
-        import tensorflow as tf
 
-        cell = self.cell
-        if (tf.config.list_logical_devices("GPU") or not cell.reset_after or not cell.use_bias
-                or (training and cell.dropout > 0)):
-            return super().inner_loop(sequences, initial_state, mask, training=training)
-        from keras.src.backend.tensorflow.rnn import rnn
-
-        input_bias, recurrent_bias = cell.bias[0], cell.bias[1]
-        projected = ops.matmul(sequences, cell.kernel) + input_bias  # [B, T, 3 units] in one go
-        units = cell.units
-
-        def step(frame: Any, states: Any) -> tuple[Any, list]:
-            previous = states[0]
-            inner = ops.matmul(previous, cell.recurrent_kernel) + recurrent_bias
-            update = cell.recurrent_activation(frame[:, :units] + inner[:, :units])
-            reset = cell.recurrent_activation(frame[:, units:2 * units] + inner[:, units:2 * units])
-            candidate = cell.activation(frame[:, 2 * units:] + reset * inner[:, 2 * units:])
-            state = update * previous + (1 - update) * candidate
-            return state, [state]
-
-        if isinstance(initial_state, (list, tuple)):
-            initial_state = initial_state[0]
-        return rnn(step, projected, [initial_state], go_backwards=self.go_backwards, mask=mask, unroll=False,
-                   input_length=sequences.shape[1], zero_output_for_mask=self.zero_output_for_mask,
-                   return_all_outputs=self.return_sequences)
-
-
-def _parameters(model_config: Any) -> Any:
-    return model_config.parameters if hasattr(model_config, "parameters") else model_config["parameters"]
+RNN_LAYERS: dict[str, Callable[..., layers.Layer]] = {
+    "lstm": layers.LSTM,
+    "gru": lambda **settings: layers.GRU(reset_after=True, **settings),
+}
 
 
 def _rnn(rnn_type: str, units: int, name: str) -> layers.Layer:
     """A recurrent layer whose settings qualify for Keras' cuDNN kernel."""
-    common = dict(units=units, return_sequences=True, activation="tanh", recurrent_activation="sigmoid",
-                  recurrent_dropout=0.0, unroll=False, use_bias=True, name=name)
-    if rnn_type == "lstm":
-        return layers.LSTM(**common)
-    if rnn_type == "gru":
-        return ProjectedGRU(reset_after=True, **common)
-    raise UserError(f"model.parameters.rnn_type={rnn_type!r} is not one of lstm, gru")
+    return RNN_LAYERS[rnn_type](units=units, return_sequences=True, activation="tanh", recurrent_activation="sigmoid",
+                                recurrent_dropout=0.0, unroll=False, use_bias=True, name=name)
 
 
 def _rnn_stack(x: Any, parameters: Any) -> Any:
@@ -302,22 +269,22 @@ MODELS: dict[str, Callable[[int, int, Any], keras.Model]] = {
 }
 
 
-def build_model(model_config: Any, num_features: int, num_labels: int) -> keras.Model:
-    """The registered architecture ``model_config.name``; ``num_labels`` = len(alphabet) + 1."""
-    name = model_config.name if hasattr(model_config, "name") else model_config["name"]
+def _known(name: str) -> str:
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    return MODELS[name](int(num_features), int(num_labels), _parameters(model_config))
+    return name
+
+
+def build_model(model_config: Any, num_features: int, num_labels: int) -> keras.Model:
+    """The registered architecture ``model_config.name``; ``num_labels`` = len(alphabet) + 1."""
+    return MODELS[_known(model_config.name)](int(num_features), int(num_labels), model_config.parameters)
 
 
 def time_strides(model_config: Any) -> list[int]:
     """The time strides of the model's front end, in order."""
-    name = model_config.name if hasattr(model_config, "name") else model_config["name"]
-    if name == "deepspeech2":
-        return [int(stride[0]) for stride in _parameters(model_config).conv_strides]
-    if name in MODELS:
-        return []
-    raise UserError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    if _known(model_config.name) == "deepspeech2":
+        return [int(stride[0]) for stride in model_config.parameters.conv_strides]
+    return []
 
 
 def output_lengths(input_lengths: Any, model_config: Any) -> Any:
@@ -327,9 +294,3 @@ def output_lengths(input_lengths: Any, model_config: Any) -> Any:
         lengths = (lengths + stride - 1) // stride
     return lengths
 
-
-def frame_lengths(features: np.ndarray) -> np.ndarray:
-    """True frame counts of a padded batch, as the model sees them (last non-zero frame, at least 1)."""
-    nonzero = np.any(features != 0, axis=-1)
-    positions = np.arange(1, features.shape[1] + 1)[None, :]
-    return np.maximum(np.max(np.where(nonzero, positions, 0), axis=1), 1).astype(np.int32)

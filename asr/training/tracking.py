@@ -16,6 +16,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window: before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+# MLflow (and asr.serving.pyfunc, which imports it) is imported inside MlflowRunLogger only: it takes
+# seconds to import, is needed only when MLFLOW_RUN_ID is set, and must see FAIL_FAST_ENVIRONMENT first.
+
 logger = logging.getLogger("asr.training.tracking")
 
 CURVE_METRICS = ("loss", "val_loss")
@@ -46,13 +55,6 @@ def numeric_leaves(value: Any, prefix: str = "") -> dict[str, float]:
 
 def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> Path:
     """Loss and validation WER/CER per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from matplotlib.ticker import MaxNLocator
-
     epochs = [row["epoch"] for row in history]
     colors = iter(f"C{index}" for index in range(10))  # one color per metric across both axes
     figure, loss_axis = plt.subplots(figsize=(7, 4), dpi=110)
