@@ -379,7 +379,8 @@ def make_decoder(config: Any, alphabet: Any, name: Optional[str] = None, lm_path
     try:
         settings = OmegaConf.merge(OmegaConf.structured(DecoderConfig), config if config is not None else {})
     except OmegaConfBaseException as error:
-        raise UserError(f"decoder: {str(error).splitlines()[0]}") from None
+        where = f"decoder.{error.full_key}" if getattr(error, "full_key", None) else "decoder"
+        raise UserError(f"{where}: {str(error).splitlines()[0]}") from None
     chosen = name if name is not None else settings.name
     match getattr(chosen, "value", chosen):  # an Enum choice or its string
         case "greedy":
