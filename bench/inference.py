@@ -1,6 +1,7 @@
 """Inference speed and accuracy: greedy and beam+LM decoding next to CMU PocketSphinx.
 
     python bench/inference.py [--model model.bin] [--count 300] [--work-dir /tmp/asr-bench-inference]
+    python bench/inference.py --model en --batching manifest.jsonl   # one padded batch vs length buckets
 
 Synthesises ``--count`` test utterances (asr.data.synth, a seed of their own), builds a
 3-gram LM from generated sentences (test sentences left out), then transcribes the same
@@ -203,6 +204,28 @@ def tune(model: Path, manifest: Path, lm: Path, beam_width: int, trials: int) ->
 # --------------------------------------------------------------------------- main
 
 
+def batching_figures(model: str, files: list[str], repeats: int = 3) -> None:
+    """Acoustic-model seconds of ``files`` in one padded batch (the pipeline before asr.inference) and in
+    asr.inference's length buckets, best of ``repeats`` after a warm-up."""
+    from asr import load_model
+    from asr.audio.features import pad_features
+    from asr.inference import features_of_files, forward, logits_of_features
+
+    pipeline = load_model(model)
+    features = features_of_files(files, pipeline.configuration.features)
+    ways = {"one padded batch": lambda: forward(pipeline.model, pad_features(features)[0]),
+            "length buckets": lambda: logits_of_features(pipeline.model, pipeline.configuration.model, features)}
+    log(f"{len(features)} utterances, {sum(map(len, features))} frames, the longest {max(map(len, features))}")
+    for name, way in ways.items():
+        way(), way()  # traces
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            way()
+            seconds.append(time.perf_counter() - started)
+        log(f"{name}: {min(seconds):.3f}s (best of {repeats})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="model bundle; default: train a small one")
@@ -221,8 +244,13 @@ def main() -> None:
     parser.add_argument("--skip-pocketsphinx", action="store_true")
     parser.add_argument("--pocketsphinx-lm", action="store_true", help="also run PocketSphinx with the in-domain LM")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--batching", type=Path, metavar="MANIFEST",
+                        help="only compare one padded batch with length buckets on MANIFEST's files (with --model)")
     arguments = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if arguments.batching:
+        batching_figures(str(arguments.model or "en"), read_manifest(arguments.batching)[0])
+        return
 
     from asr.metrics import cer, wer
     from asr.text import normalize_transcript
