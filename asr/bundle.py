@@ -3,7 +3,7 @@
 Entries: ``model.keras`` (Keras 3 native format, loaded with ``safe_mode=True``),
 ``configuration.yaml`` (the resolved training configuration), ``alphabet.txt`` (Mozilla
 DeepSpeech format), ``metadata.json`` (format, versions, creation time, metrics) and an optional
-language model under ``lm/``. No pickle anywhere. Writing is atomic (temporary file + rename);
+language model under ``lm/``. No pickle anywhere. Writing and updating are atomic (``asr.files``);
 reading refuses entries outside the archive root and says clearly when a file is truncated,
 not a zip, foreign, or missing an entry.
 
@@ -33,7 +33,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+import asr
+from asr.configuration import validate
 from asr.errors import UserError
+from asr.files import atomic_path
 from asr.text import Alphabet
 
 FORMAT = "asr-model-bundle"
@@ -69,10 +72,8 @@ class Bundle:
 
 
 def _versions() -> dict[str, str]:
-    import keras
+    import keras  # here and in _load_keras_model: reading or refusing a bundle's text never pays for TensorFlow
     import tensorflow as tf
-
-    import asr
 
     return {"asr": asr.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
             "python": platform.python_version()}
@@ -94,10 +95,9 @@ def save_bundle(path: str | Path, model: Any, configuration: DictConfig, alphabe
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": _versions(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "metrics": metrics or {},
                 "model": {"name": configuration.model.name, "parameters": int(model.count_params())}}
-    with tempfile.TemporaryDirectory(prefix=".bundle-", dir=path.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=".bundle-", dir=path.parent) as scratch, atomic_path(path) as temporary:
         model_file = Path(scratch) / MODEL_ENTRY
         model.save(model_file)
-        temporary = Path(scratch) / (path.name + ".tmp")
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.write(model_file, MODEL_ENTRY)
             archive.writestr(CONFIGURATION_ENTRY, OmegaConf.to_yaml(configuration))
@@ -105,9 +105,47 @@ def save_bundle(path: str | Path, model: Any, configuration: DictConfig, alphabe
             archive.writestr(METADATA_ENTRY, json.dumps(metadata, indent=2, default=str))
             if lm_entry:
                 archive.write(language_model, lm_entry)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
     return path
+
+
+def update_bundle(path: str | Path, decoder: dict, language_model: str | Path | None = None) -> None:
+    """Rewrite a bundle atomically with new ``decoder`` settings and, optionally, ``language_model`` under
+    ``lm/`` (replacing the one there; ``decoder.lm_path`` then names its entry). Other entries are copied
+    unchanged, streamed, after the same checks as :func:`load_bundle` (entries, sizes)."""
+    path = Path(path)
+    if language_model is not None:
+        language_model = Path(language_model)
+        if not language_model.is_file():
+            raise UserError(f"language model not found: {language_model}")
+    _check_archive(path)
+    with zipfile.ZipFile(path) as source:
+        _check_entries(path, source)
+        check_sizes(path, source)  # a bomb is refused before anything is inflated
+        configuration = OmegaConf.create(_read_text_entry(source, CONFIGURATION_ENTRY).decode("utf-8"))
+        configuration = OmegaConf.merge(configuration, {"decoder": decoder})
+        if language_model is not None:
+            configuration.decoder.lm_path = LM_FOLDER + language_model.name
+        mode = os.stat(path).st_mode & 0o777
+        with atomic_path(path) as temporary, zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as target:
+            for info in source.infolist():
+                if language_model is not None and info.filename.startswith(LM_FOLDER):
+                    continue
+                if info.filename == CONFIGURATION_ENTRY:
+                    target.writestr(info, OmegaConf.to_yaml(configuration), compress_type=info.compress_type)
+                    continue
+                with source.open(info) as member, target.open(info, "w") as copy:
+                    shutil.copyfileobj(member, copy, _CHUNK)
+            if language_model is not None:
+                target.write(language_model, LM_FOLDER + language_model.name)
+            target.close()
+            os.chmod(temporary, mode)
+
+
+def _check_archive(path: Path) -> None:
+    if not path.is_file():
+        raise UserError(f"model bundle not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a model bundle (not a zip archive, or truncated)")
 
 
 def _check_entries(path: Path, archive: zipfile.ZipFile) -> list[str]:
@@ -229,10 +267,7 @@ def _prune_lm_cache(root: Path, keep: int, current: Path) -> None:
 def load_bundle(path: str | Path) -> Bundle:
     """Read and check a bundle; the model is loaded with ``safe_mode=True``."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model bundle not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"{path}: not a model bundle (not a zip archive, or truncated)")
+    _check_archive(path)
     try:
         with zipfile.ZipFile(path) as archive:
             names = _check_entries(path, archive)
@@ -263,8 +298,6 @@ def load_bundle(path: str | Path) -> Bundle:
         raise UserError(f"{path}: corrupt model bundle ({type(error).__name__})") from None
     except OSError as error:
         raise UserError(f"{path}: cannot extract the model bundle: {error.strerror or error}") from None
-    from asr.configuration import validate
-
     return Bundle(model, validate(configuration), alphabet, metadata, language_model)
 
 

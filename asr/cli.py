@@ -1,6 +1,7 @@
 """The ``asr`` command line: corpora, language models, transcription and evaluation.
 
-Each command imports its module lazily so ``asr --help`` answers at once.
+Each command imports its module inside its function: those modules load TensorFlow (about 5 s),
+and ``asr --help`` or a typo must answer at once. These are the only function-level imports here.
 """
 
 from __future__ import annotations
@@ -101,9 +102,9 @@ def lm_tune(
     write: bool = typer.Option(True, help="Write the best alpha/beta into the bundle."),
 ) -> None:
     """Search the LM weight alpha and word bonus beta on a dev manifest."""
-    from asr.decoding import lm
+    from asr import evaluate as evaluate_module
 
-    _run(lambda: lm.tune_main(model=model, manifest=manifest, lm_path=lm_path, trials=trials, write=write))
+    _run(lambda: evaluate_module.tune_main(model=model, manifest=manifest, lm_path=lm_path, trials=trials, write=write))
 
 
 @app.command("transcribe")

@@ -1,18 +1,38 @@
-"""``asr evaluate``: WER and CER of a model bundle on a manifest, worst utterances, JSON report."""
+"""Scoring a model on a manifest: ``asr evaluate`` (WER and CER, worst utterances, JSON report) and
+``asr lm tune`` (the LM weight alpha and word bonus beta that score best, written into the bundle).
+
+Both run the acoustic model through :mod:`asr.inference`; tuning runs it once, then re-decodes
+its logits with beam search + LM for each (alpha, beta) trial. The arguments are checked before
+TensorFlow is imported (about 5 s, and lines of its own on stderr): a mistake answers at once, in
+one line; so :mod:`asr.inference` and :mod:`asr.pipeline` are imported inside the functions here.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
+import jiwer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from asr.bundle import update_bundle
+from asr.data.manifest import read_manifest
 from asr.errors import UserError
+from asr.files import write_atomically
 from asr.metrics import UtteranceScore, cer, utterance_scores, wer
-from asr.transcribe import Timings, decoder_for, load_pipeline, transcribe_files
+from asr.pretrained.registry import PACKAGE_FOLDER, resolve_model_path
+from asr.text import normalize_transcript
+
+if TYPE_CHECKING:
+    from asr.decoding.decoders import Decoder
+    from asr.inference import Timings
+    from asr.pipeline import Pipeline
 
 
 @dataclass
@@ -25,7 +45,7 @@ class Evaluation:
     files: list[str]
     durations: list[float]
     decoder: str
-    timings: Timings = field(default_factory=Timings)
+    timings: "Timings"
 
     @property
     def audio_seconds(self) -> float:
@@ -70,9 +90,6 @@ class Evaluation:
 
 def read_references(manifest: Path) -> tuple[list[str], list[str], list[float]]:
     """Files, normalised reference transcripts and manifest durations; an empty manifest is an error."""
-    from asr.data.manifest import read_manifest
-    from asr.text import normalize_transcript
-
     utterances = read_manifest(manifest)
     if not utterances:
         raise UserError(f"manifest {manifest} has no utterances to evaluate")
@@ -81,12 +98,14 @@ def read_references(manifest: Path) -> tuple[list[str], list[str], list[float]]:
     return files, references, [float(utterance.duration) for utterance in utterances]
 
 
-def evaluate_pipeline(pipeline: Any, manifest: Path, decoder_name: Optional[str] = None) -> Evaluation:
+def evaluate_pipeline(pipeline: "Pipeline", manifest: Path, decoder_name: Optional[str] = None) -> Evaluation:
     """Transcribe a manifest with ``pipeline`` and score it."""
+    from asr.inference import Timings, transcribe_files  # TensorFlow: see the module docstring
+
     files, references, durations = read_references(Path(manifest))
     timings = Timings()
-    with decoder_for(pipeline, decoder_name) as decoder:
-        transcripts = transcribe_files(pipeline, files, decoder, timings)
+    with pipeline.decoder(decoder_name) as decoder:
+        transcripts = transcribe_files(pipeline.model, pipeline.configuration, files, decoder, timings)
         name = decoder.name
     hypotheses = [transcript.text for transcript in transcripts]
     return Evaluation(
@@ -102,9 +121,6 @@ def evaluate_pipeline(pipeline: Any, manifest: Path, decoder_name: Optional[str]
 
 def _highlighted(score: UtteranceScore) -> tuple[Any, Any]:
     """Reference and hypothesis as rich Text, words in error in red (aligned by jiwer)."""
-    import jiwer
-    from rich.text import Text
-
     reference_words, hypothesis_words = score.reference.split(), score.hypothesis.split()
     reference, hypothesis = Text(), Text()
     if not reference_words or not hypothesis_words:
@@ -125,9 +141,6 @@ def _highlighted(score: UtteranceScore) -> tuple[Any, Any]:
 
 def print_evaluation(evaluation: Evaluation, worst: int, title: str = "") -> None:
     """Summary line and a table of the worst utterances (rich)."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(soft_wrap=False)
     words = sum(score.words for score in evaluation.scores)
     print(
@@ -158,21 +171,6 @@ def print_evaluation(evaluation: Evaluation, worst: int, title: str = "") -> Non
     console.print(table)
 
 
-def write_report(path: Path, report: dict) -> None:
-    """Write JSON atomically (a reader never sees half a report)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(report, stream, indent=2, ensure_ascii=False)
-            stream.write("\n")
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def main(model: str, manifest: Path, decoder: Optional[str] = None, report: Optional[Path] = None,
          worst: int = 10) -> Evaluation:
     """``asr evaluate``."""
@@ -181,12 +179,102 @@ def main(model: str, manifest: Path, decoder: Optional[str] = None, report: Opti
         raise UserError(f"manifest not found: {manifest}")
     read_references(manifest)  # fail on a bad or empty manifest before loading TensorFlow
     started = time.perf_counter()
-    pipeline = load_pipeline(model)
+    bundle = resolve_model_path(model)
+    from asr.pipeline import load_model  # TensorFlow: see the module docstring
+
+    pipeline = load_model(bundle)
     evaluation = evaluate_pipeline(pipeline, manifest, decoder)
     print_evaluation(evaluation, worst)
     if report is not None:
         document = {"model": str(model), "manifest": str(manifest),
                     "wall_seconds": round(time.perf_counter() - started, 3), **evaluation.to_dict(worst)}
-        write_report(Path(report), document)
+        write_atomically(report, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
         print(f"report written to {report}")
     return evaluation
+
+
+# --------------------------------------------------------------------------- asr lm tune
+
+GRID_ALPHAS = (0.25, 0.5, 1.0, 1.5, 2.0)
+GRID_BETAS = (0.0, 0.5, 1.0, 2.0, 3.0)
+ALPHA_RANGE = (0.0, 2.5)
+BETA_RANGE = (-1.0, 4.0)
+
+
+@dataclass(frozen=True)
+class Trial:
+    alpha: float
+    beta: float
+    wer: float
+    cer: float
+
+
+def search_pairs(trials: int, start: tuple[float, float], seed: int = 0) -> list[tuple[float, float]]:
+    """``trials`` > 0: the current pair then random pairs; 0: a 5x5 grid."""
+    if trials < 0:
+        raise UserError(f"--trials must be 0 (grid) or positive, got {trials}")
+    if trials == 0:
+        return [(alpha, beta) for alpha in GRID_ALPHAS for beta in GRID_BETAS]
+    generator = random.Random(seed)
+    pairs = [start]
+    while len(pairs) < trials:
+        pairs.append((round(generator.uniform(*ALPHA_RANGE), 3), round(generator.uniform(*BETA_RANGE), 3)))
+    return pairs
+
+
+def tune_weights(decoder: "Decoder", logits: Sequence[Any], references: Sequence[str],
+                 pairs: Sequence[tuple[float, float]],
+                 report: Optional[Callable[[int, int, Trial], None]] = None) -> list[Trial]:
+    """Decode ``logits`` once per (alpha, beta) pair; return the trials, best (lowest WER, then CER) first."""
+    from asr.inference import decode_logits  # TensorFlow: see the module docstring
+
+    results = []
+    for alpha, beta in pairs:
+        decoder.set_weights(alpha, beta)
+        hypotheses = decode_logits(decoder, logits)
+        trial = Trial(alpha, beta, wer(references, hypotheses), cer(references, hypotheses))
+        results.append(trial)
+        if report is not None:
+            report(len(results), len(pairs), trial)
+    return sorted(results, key=lambda trial: (trial.wer, trial.cer))
+
+
+def tune_main(model: str, manifest: Path, lm_path: Optional[Path] = None, trials: int = 20,
+              write: bool = True) -> Trial:
+    """``asr lm tune``: search alpha and beta on a dev manifest, print the best pair, write it into the bundle."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise UserError(f"manifest not found: {manifest}")
+    files, references, _ = read_references(manifest)
+    search_pairs(trials, start=(0.0, 0.0))  # a bad --trials fails before the model loads
+    if write and str(model).startswith(("models:/", "runs:/")):
+        raise UserError(f"{model} lives in MLflow: tune a local copy of its bundle, or pass --no-write")
+    bundle_path = resolve_model_path(model)
+    if write and bundle_path.resolve().parent == PACKAGE_FOLDER:
+        raise UserError(f"{model} is a packaged model: tune a copy of {bundle_path}, or pass --no-write")
+    from asr.decoding.decoders import make_decoder  # TensorFlow and pyctcdecode: see the module docstring
+    from asr.inference import logits_of_files
+    from asr.pipeline import load_model
+
+    pipeline = load_model(bundle_path)
+    if lm_path is None and pipeline.language_model is None:
+        raise UserError(f"{model} has no language model: pass one with --lm (build it with asr lm build)")
+    config = pipeline.configuration.decoder
+    pairs = search_pairs(trials, start=(float(config.alpha), float(config.beta)))
+    print(f"computing logits of {len(files)} utterances from {manifest} ...")
+    logits, _ = logits_of_files(pipeline.model, pipeline.configuration, files)
+
+    def report(done: int, total: int, trial: Trial) -> None:
+        print(f"[{done}/{total}] alpha={trial.alpha:.3f} beta={trial.beta:.3f}  WER {trial.wer:.2%}  CER {trial.cer:.2%}",
+              flush=True)
+
+    language_model = Path(lm_path) if lm_path is not None else pipeline.language_model
+    with make_decoder(config, pipeline.alphabet, name="beam_lm", lm_path=language_model) as decoder:
+        ranked = tune_weights(decoder, logits, references, pairs, report)
+    best = ranked[0]
+    print(f"best: alpha={best.alpha} beta={best.beta}  WER {best.wer:.2%}  CER {best.cer:.2%}")
+    if write:
+        update_bundle(bundle_path, {"name": "beam_lm", "alpha": best.alpha, "beta": best.beta}, language_model=lm_path)
+        added = f" with language model {lm_path}" if lm_path is not None else ""
+        print(f"wrote decoder beam_lm, alpha={best.alpha}, beta={best.beta} into {bundle_path}{added}")
+    return best

@@ -83,10 +83,3 @@ def utterance_scores(references: Sequence[str], hypotheses: Sequence[str]) -> li
     references, hypotheses = _check_pairs(references, hypotheses)
     return [utterance_score(reference, hypothesis) for reference, hypothesis in zip(references, hypotheses)]
 
-
-def utterance_wer(reference: str, hypothesis: str) -> float:
-    return utterance_score(reference, hypothesis).wer
-
-
-def utterance_cer(reference: str, hypothesis: str) -> float:
-    return utterance_score(reference, hypothesis).cer

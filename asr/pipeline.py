@@ -14,9 +14,17 @@ from typing import Any, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from asr.audio.features import pad_features
+from asr.bundle import load_bundle, save_bundle
 from asr.configuration import Configuration
-from asr.pretrained.registry import MODELS_DIR_VARIABLE, resolve_model_path, search_paths  # noqa: F401  (the one resolver)
+from asr.data.splits import load_alphabet
+from asr.decoding.decoders import Decoder, make_decoder
+from asr.inference import decode_logits, features_of_files, forward, logits_of_features, pad_logits
+from asr.models.architectures import build_model, output_lengths
+from asr.pretrained.registry import check_same_alphabet, resolve_model_path
 from asr.text import Alphabet
+from asr.training.init_from import initialise_from_pretrained
+from asr.training.loop import train
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +54,6 @@ class Pipeline:
         """A pipeline with a model built from ``configuration`` (then call ``train()``): new, or starting
         from the weights of the bundle named by ``trainer.init_from``."""
         from asr.models.architectures import build_model
-        from asr.data.splits import load_alphabet
-        from asr.training.init_from import initialise_from_pretrained
 
         configuration = _as_configuration(configuration)
         alphabet = load_alphabet(configuration.config)
@@ -65,42 +71,45 @@ class Pipeline:
     def configuration(self, value: Any) -> None:
         self._configuration = _as_configuration(value)
 
-    # ----- inference -----------------------------------------------------------------------
+    # ----- inference (asr.inference) ------------------------------------------------------
     def get_features(self, files: Sequence[str | Path], return_lengths: bool = False) -> Any:
         """The padded feature batch of ``files`` with this model's feature configuration."""
-        from asr.audio.features import get_features
-
-        return get_features(files, self.configuration.features, return_lengths=return_lengths)
+        batch, lengths = pad_features(features_of_files(list(files), self.configuration.features))
+        return (batch, lengths) if return_lengths else batch
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Logits ``[B, T', V]`` of a padded feature batch."""
-        from asr.training.validation import predict_logits
-
-        return predict_logits(self.model, features)
+        return forward(self.model, features)
 
     def output_lengths(self, feature_lengths: Any) -> Any:
-        from asr.models.architectures import output_lengths
-
         return output_lengths(np.asarray(feature_lengths), self.configuration.model)
 
-    def decode(self, y_hat: Any, lm: str | Path | None = None, lengths: Any = None) -> list[str]:
-        """Transcripts of logits ``y_hat`` with the configuration's decoder; ``lm`` overrides the LM path."""
-        from asr.decoding.decoders import make_decoder
+    def decoder(self, name: str | None = None, workers: int | None = None) -> Decoder:
+        """A new decoder: the configured one, or ``name`` with the configured settings; ``beam_lm`` uses the
+        bundled language model. Close it (``with``) to stop its worker processes."""
+        return make_decoder(self.configuration.decoder, self.alphabet, name=name, lm_path=self.language_model,
+                            workers=workers)
 
-        lm_path = str(lm) if lm else (str(self.language_model) if self.language_model else None)
+    def _kept_decoder(self, lm_path: Path | None) -> Decoder:
+        """The configured decoder, built once per decoder configuration and LM and kept for the next call."""
         key = (OmegaConf.to_yaml(self.configuration.decoder), lm_path)
         if key not in self._decoders:
             self._decoders[key] = make_decoder(self.configuration.decoder, self.alphabet, lm_path=lm_path)
-        return self._decoders[key].decode(np.asarray(y_hat), lengths)
+        return self._decoders[key]
+
+    def decode(self, y_hat: Any, lm: str | Path | None = None, lengths: Any = None) -> list[str]:
+        """Transcripts of logits ``y_hat`` with the configuration's decoder; ``lm`` overrides the LM path."""
+        return self._kept_decoder(Path(lm) if lm else self.language_model).decode(np.asarray(y_hat), lengths)
 
     def __call__(self, files: Sequence[str | Path] | str | Path, full: bool = False) -> Any:
-        """Transcribe ``files``; with ``full`` return ``(X, y_hat, sentences)``."""
+        """Transcribe ``files`` (batched by length); with ``full`` return ``(X, y_hat, sentences)``, the padded
+        features and logits of all files together."""
         if isinstance(files, (str, Path)):
             files = [files]
-        features, lengths = self.get_features(list(files), return_lengths=True)
-        y_hat = self.predict(features)
-        sentences = self.decode(y_hat, lengths=self.output_lengths(lengths))
-        return (features, y_hat, sentences) if full else sentences
+        features = features_of_files(list(files), self.configuration.features)
+        logits = logits_of_features(self.model, self.configuration.model, features)
+        sentences = decode_logits(self._kept_decoder(self.language_model), logits)
+        return (pad_features(features)[0], pad_logits(logits), sentences) if full else sentences
 
     # ----- training and saving -------------------------------------------------------------
     def train(self, callbacks: Sequence[Any] = ()) -> dict:
@@ -109,9 +118,6 @@ class Pipeline:
         The pipeline's model is the starting point (unless ``exp_dir`` holds a checkpoint to resume);
         ``trainer.init_from`` only applies when a model is built from the configuration.
         """
-        from asr.pretrained.registry import check_same_alphabet
-        from asr.training.loop import train
-
         config = self.configuration.config
         built_with = self.metadata.get("model", {}).get("name")
         if built_with and built_with != config.model.name:
@@ -129,8 +135,6 @@ class Pipeline:
 
     def save(self, path: str | Path, metrics: dict | None = None) -> Path:
         """Write the model bundle (``.bin``) atomically."""
-        from asr.bundle import save_bundle
-
         return save_bundle(path, self.model, self.configuration.config, self.alphabet,
                            metrics=metrics if metrics is not None else self.metadata.get("metrics"),
                            language_model=self.language_model)
@@ -143,7 +147,5 @@ class Pipeline:
 def load_model(path_or_name: str | Path) -> Pipeline:
     """A :class:`Pipeline` from a model name (``en``: the package, ``~/.cache/asr/models``, ``$ASR_MODELS_DIR``)
     or a bundle path; see :mod:`asr.pretrained.registry`."""
-    from asr.bundle import load_bundle
-
     bundle = load_bundle(resolve_model_path(path_or_name))
     return Pipeline(bundle.model, bundle.configuration, bundle.alphabet, bundle.language_model, bundle.metadata)

@@ -5,7 +5,8 @@ Writes ``checkpoints/`` (resumable, every epoch), ``metrics.jsonl``, ``model.bin
 ``trainer.resume`` is true). Exit codes: 0 done, 2 bad configuration or data or a NaN loss
 (retrying will not help), 1 anything else.
 
-Top-level imports stay light (no TensorFlow): ``--cfg job`` must answer in about a second.
+Module-level imports stay light: ``--cfg job`` and a bad override must answer in about a second, so
+what loads TensorFlow (about 5 s), MLflow or pyctcdecode is imported in the functions that use it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ from typing import Any, Sequence
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from asr.bundle import save_bundle
 from asr.configuration import register_configs, validate
 from asr.errors import NaNLossError, UserError
+from asr.files import write_atomically
+from asr.metrics import cer, wer
+from asr.pretrained.registry import check_init_from
 
 register_configs()
 logger = logging.getLogger("asr.train")
@@ -32,18 +37,26 @@ SAMPLE_TRANSCRIPTS = 10
 
 
 def evaluate_split(model: Any, manifest: str, config: DictConfig, alphabet: Any) -> dict:
-    """Greedy WER/CER on a manifest, with sample transcripts."""
-    from asr.metrics import cer, wer
+    """WER/CER on a manifest with the configured decoder (``test``) and greedily (``test_greedy``), and
+    sample transcripts: the model's logits are computed once, through the one inference path."""
+    from asr.decoding.decoders import make_decoder  # these three: see the module's docstring
+    from asr.inference import decode_logits, logits_of_features
     from asr.data.splits import load_split
-    from asr.training.validation import transcribe_examples
 
     data = load_split(manifest, config, alphabet, "test")
-    references, hypotheses = transcribe_examples(model, data, alphabet, config)
+    references = [alphabet.decode(example.labels.tolist()) for example in data.examples]
+    logits = logits_of_features(model, config.model, [data.features_for(example.utterance) for example in data.examples])
+    with make_decoder(config.decoder, alphabet) as decoder:
+        hypotheses = decode_logits(decoder, logits)
+        decoder_name = decoder.name
+    greedy = decode_logits(make_decoder(config.decoder, alphabet, name="greedy"), logits)
     samples = [{"audio_filepath": str(example.utterance.audio_filepath), "reference": reference,
                 "hypothesis": hypothesis}
                for example, reference, hypothesis in zip(data.examples, references, hypotheses)][:SAMPLE_TRANSCRIPTS]
-    return {"wer": wer(references, hypotheses), "cer": cer(references, hypotheses), "utterances": len(references),
-            "samples": samples}
+    return {"test": {"wer": wer(references, hypotheses), "cer": cer(references, hypotheses),
+                     "utterances": len(references), "decoder": decoder_name},
+            "test_greedy": {"wer": wer(references, greedy), "cer": cer(references, greedy)},
+            "sample_transcripts": samples}
 
 
 def check_files(config: DictConfig) -> None:
@@ -57,17 +70,16 @@ def check_files(config: DictConfig) -> None:
     # a run that will resume never loads init_from (the Trainer decides for sure; this skips the early check)
     may_resume = config.trainer.resume and Path(config.exp_dir, "checkpoints", "checkpoint").is_file()
     if config.trainer.get("init_from") and not may_resume:
-        from asr.pretrained.registry import check_init_from
-
         check_init_from(config)
 
 
 def run(config: DictConfig, callbacks: Sequence[Any] = ()) -> dict:
     """Train, evaluate on the test manifest, write ``model.bin`` and ``result.json``; return the result."""
-    from asr.bundle import save_bundle
-    from asr.training.strategy import configure_threads, is_chief, make_strategy
+    import keras  # these three: see the module's docstring
+
     from asr.data.splits import load_alphabet
     from asr.training.loop import Trainer
+    from asr.training.strategy import configure_threads, is_chief, make_strategy
 
     started = time.perf_counter()
     exp_dir = Path(config.exp_dir)
@@ -75,8 +87,6 @@ def run(config: DictConfig, callbacks: Sequence[Any] = ()) -> dict:
     logging.getLogger("absl").setLevel(logging.WARNING)
     configure_threads(config.trainer.intra_op_threads, config.trainer.inter_op_threads)
     strategy = make_strategy(config.trainer.strategy)  # first: MultiWorkerMirroredStrategy needs a fresh runtime
-    import keras
-
     keras.utils.set_random_seed(int(config.seed))
     alphabet = load_alphabet(config)
     trainer = Trainer(config, alphabet=alphabet, callbacks=callbacks, strategy=strategy)
@@ -88,15 +98,14 @@ def run(config: DictConfig, callbacks: Sequence[Any] = ()) -> dict:
     if not is_chief(strategy):
         return result
     if config.data.test_manifest:
-        test = evaluate_split(training.model, config.data.test_manifest, config, alphabet)
-        result["test"] = {key: test[key] for key in ("wer", "cer", "utterances")}
-        result["sample_transcripts"] = test["samples"]
-    metrics = {"best_val_loss": result["best_val_loss"], **{f"test_{key}": value
-                                                              for key, value in result.get("test", {}).items()}}
+        result.update(evaluate_split(training.model, config.data.test_manifest, config, alphabet))
+    metrics = {"best_val_loss": result["best_val_loss"],
+               **{f"test_{key}": value for key, value in result.get("test", {}).items() if key != "decoder"},
+               **{f"test_greedy_{key}": value for key, value in result.get("test_greedy", {}).items()}}
     save_bundle(exp_dir / "model.bin", training.model, config, alphabet, metrics=metrics)
     result["model_bundle"] = str(exp_dir / "model.bin")
     result["total_seconds"] = round(time.perf_counter() - started, 2)
-    (exp_dir / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_atomically(exp_dir / "result.json", json.dumps(result, indent=2, default=str) + "\n")
     logger.info("done: %s", json.dumps({key: result.get(key) for key in ("epochs_run", "best_val_loss", "test")},
                                         default=str))
     return result
@@ -104,8 +113,6 @@ def run(config: DictConfig, callbacks: Sequence[Any] = ()) -> dict:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    if os.environ.get("EXPCTL_RESUME") == "1":
-        logger.info("EXPCTL_RESUME=1: resuming from the checkpoints in exp_dir if there are any")
     try:
         config = validate(OmegaConf.to_container(cfg, resolve=True))
         OmegaConf.set_readonly(config, True)

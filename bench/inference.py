@@ -1,6 +1,7 @@
 """Inference speed and accuracy: greedy and beam+LM decoding next to CMU PocketSphinx.
 
     python bench/inference.py [--model model.bin] [--count 300] [--work-dir /tmp/asr-bench-inference]
+    python bench/inference.py --model en --batching manifest.jsonl   # one padded batch vs length buckets
 
 Synthesises ``--count`` test utterances (asr.data.synth, a seed of their own), builds a
 3-gram LM from generated sentences (test sentences left out), then transcribes the same
@@ -147,28 +148,27 @@ def run_pocketsphinx(files: list[str], warmup: list[str], jobs: int, lm: Optiona
 def run_library(model: Path, files: list[str], warmup: list[str], lm: Path, beam_width: int,
                 alpha: float, beta: float, jobs: int) -> list[dict]:
     """Rows for greedy, beam, and beam+LM (pool and one process) on the same logits."""
-    from asr.decoding.decoders import BeamSearchDecoder, GreedyDecoder
-    from asr.transcribe import Timings, acoustic_logits, decode_logits, load_pipeline
+    from asr import load_model
+    from asr.decoding.decoders import make_decoder
+    from asr.inference import Timings, decode_logits, logits_of_files
 
-    pipeline = load_pipeline(model)
+    pipeline = load_model(str(model))
     started = time.perf_counter()
     for part in (warmup[:2], warmup[2:5], warmup):  # several shapes: tf.function relaxes to a generic trace
-        warm_logits, _ = acoustic_logits(pipeline, part)
-    decode_logits(GreedyDecoder(pipeline.alphabet), warm_logits)
+        warm_logits, _ = logits_of_files(pipeline.model, pipeline.configuration, part)
+    decode_logits(make_decoder({"name": "greedy"}, pipeline.alphabet), warm_logits)
     log(f"warm-up (librosa, tf.function traces) on {len(warmup)} utterances: {time.perf_counter() - started:.1f}s")
     front = Timings()
-    logits, _ = acoustic_logits(pipeline, files, front)
+    logits, _ = logits_of_files(pipeline.model, pipeline.configuration, files, front)
     log(f"features {front.features:.2f}s, acoustic model {front.acoustic_model:.2f}s "
         f"({sum(len(item) for item in logits)} output frames)")
+    beam_lm = {"name": "beam_lm", "beam_width": beam_width, "lm_path": str(lm), "alpha": alpha, "beta": beta}
     decoders = [
-        ("greedy", GreedyDecoder(pipeline.alphabet)),
-        (f"beam {beam_width}", BeamSearchDecoder(pipeline.alphabet, beam_width=beam_width, workers=jobs)),
-        (f"beam {beam_width} + LM, {jobs} procs",
-         BeamSearchDecoder(pipeline.alphabet, beam_width=beam_width, language_model_path=lm, alpha=alpha, beta=beta,
-                           workers=jobs)),
-        (f"beam {beam_width} + LM, 1 proc",
-         BeamSearchDecoder(pipeline.alphabet, beam_width=beam_width, language_model_path=lm, alpha=alpha, beta=beta,
-                           workers=1)),
+        ("greedy", make_decoder({"name": "greedy"}, pipeline.alphabet)),
+        (f"beam {beam_width}", make_decoder({"name": "beam", "beam_width": beam_width}, pipeline.alphabet,
+                                            workers=jobs)),
+        (f"beam {beam_width} + LM, {jobs} procs", make_decoder(beam_lm, pipeline.alphabet, workers=jobs)),
+        (f"beam {beam_width} + LM, 1 proc", make_decoder(beam_lm, pipeline.alphabet, workers=1)),
     ]
     rows = []
     for name, decoder in decoders:
@@ -184,22 +184,46 @@ def run_library(model: Path, files: list[str], warmup: list[str], lm: Path, beam
 
 
 def tune(model: Path, manifest: Path, lm: Path, beam_width: int, trials: int) -> tuple[float, float]:
-    """alpha, beta from a random search on a dev manifest (asr.decoding.lm.tune_weights)."""
-    from asr.decoding.decoders import BeamSearchDecoder
-    from asr.decoding.lm import search_pairs, tune_weights
-    from asr.transcribe import acoustic_logits, load_pipeline
+    """alpha, beta from a random search on a dev manifest (asr.evaluate.tune_weights)."""
+    from asr import load_model
+    from asr.decoding.decoders import make_decoder
+    from asr.evaluate import search_pairs, tune_weights
+    from asr.inference import logits_of_files
 
     files, references, _ = read_manifest(manifest)
     files, references = files[:TUNE_UTTERANCES], references[:TUNE_UTTERANCES]
-    pipeline = load_pipeline(model)
-    logits, _ = acoustic_logits(pipeline, files)
-    with BeamSearchDecoder(pipeline.alphabet, beam_width=beam_width, language_model_path=lm) as decoder:
+    pipeline = load_model(str(model))
+    logits, _ = logits_of_files(pipeline.model, pipeline.configuration, files)
+    config = {"name": "beam_lm", "beam_width": beam_width, "lm_path": str(lm)}
+    with make_decoder(config, pipeline.alphabet) as decoder:
         best = tune_weights(decoder, logits, references, search_pairs(trials, (0.5, 1.0)))[0]
     log(f"tuned on {len(files)} dev utterances: alpha={best.alpha} beta={best.beta} (dev WER {best.wer:.2%})")
     return best.alpha, best.beta
 
 
 # --------------------------------------------------------------------------- main
+
+
+def batching_figures(model: str, files: list[str], repeats: int = 3) -> None:
+    """Acoustic-model seconds of ``files`` in one padded batch (the pipeline before asr.inference) and in
+    asr.inference's length buckets, best of ``repeats`` after a warm-up."""
+    from asr import load_model
+    from asr.audio.features import pad_features
+    from asr.inference import features_of_files, forward, logits_of_features
+
+    pipeline = load_model(model)
+    features = features_of_files(files, pipeline.configuration.features)
+    ways = {"one padded batch": lambda: forward(pipeline.model, pad_features(features)[0]),
+            "length buckets": lambda: logits_of_features(pipeline.model, pipeline.configuration.model, features)}
+    log(f"{len(features)} utterances, {sum(map(len, features))} frames, the longest {max(map(len, features))}")
+    for name, way in ways.items():
+        way(), way()  # traces
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            way()
+            seconds.append(time.perf_counter() - started)
+        log(f"{name}: {min(seconds):.3f}s (best of {repeats})")
 
 
 def main() -> None:
@@ -220,8 +244,13 @@ def main() -> None:
     parser.add_argument("--skip-pocketsphinx", action="store_true")
     parser.add_argument("--pocketsphinx-lm", action="store_true", help="also run PocketSphinx with the in-domain LM")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--batching", type=Path, metavar="MANIFEST",
+                        help="only compare one padded batch with length buckets on MANIFEST's files (with --model)")
     arguments = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if arguments.batching:
+        batching_figures(str(arguments.model or "en"), read_manifest(arguments.batching)[0])
+        return
 
     from asr.metrics import cer, wer
     from asr.text import normalize_transcript

@@ -60,6 +60,7 @@ from typing import Any, Optional
 import numpy as np
 
 from asr.data.synth import spoken_form
+from asr.inference import Timings, decode_logits, logits_of_files
 
 SAMPLE_RATE = 16_000
 ESPEAK_SEED = 8_675_309  # the bench's own draw of espeak-ng voices, speeds and pitches per sentence
@@ -367,18 +368,14 @@ def run_pocketsphinx(utterances: Sequence[Utterance]) -> list[float]:
 
 def model_decoders(pipeline: Any) -> dict[str, Any]:
     """Greedy, and beam search with the bundle's LM (``beam_lm``; plain ``beam`` without one), in this process."""
-    from asr.transcribe import bundled_language_model, decoder_config, decoder_for
-
-    beam = "beam_lm" if bundled_language_model(pipeline) or decoder_config(pipeline).get("lm_path") else "beam"
-    return {"greedy": decoder_for(pipeline, "greedy"), beam: decoder_for(pipeline, beam, workers=1)}
+    beam = "beam_lm" if pipeline.language_model or pipeline.configuration.decoder.lm_path else "beam"
+    return {"greedy": pipeline.decoder("greedy"), beam: pipeline.decoder(beam, workers=1)}
 
 
 def run_model(pipeline: Any, decoders: dict[str, Any], utterances: Sequence[Utterance]) -> dict[str, float]:
     """Transcribe ``utterances`` (one voice) with each decoder; wall seconds of each, features and model included."""
-    from asr.transcribe import Timings, acoustic_logits, decode_logits
-
     front = Timings()
-    logits, _ = acoustic_logits(pipeline, [u.audio for u in utterances], front, jobs=1)
+    logits, _ = logits_of_files(pipeline.model, pipeline.configuration, [u.audio for u in utterances], front, jobs=1)
     seconds = {}
     for name, decoder in decoders.items():
         timings = Timings()
@@ -390,12 +387,10 @@ def run_model(pipeline: Any, decoders: dict[str, Any], utterances: Sequence[Utte
 
 def warm_up(pipeline: Any, decoders: dict[str, Any], utterances: Sequence[Utterance]) -> None:
     """Trace the model on a few batch shapes and load the decoders, so that timings leave them out."""
-    from asr.transcribe import acoustic_logits, decode_logits
-
     files = [u.audio for u in utterances[:WARMUP_UTTERANCES]]
     for part in (files[:1], files[1:3], files):
         if part:
-            logits, _ = acoustic_logits(pipeline, part, jobs=1)
+            logits, _ = logits_of_files(pipeline.model, pipeline.configuration, part, jobs=1)
     for decoder in decoders.values():
         decode_logits(decoder, logits)
 

@@ -109,13 +109,13 @@ def beam_lm_figures(model: Any, config: Any, alphabet: Any, order: int, lm_path:
     from asr.data.manifest import read_manifest
     from asr.metrics import cer, wer
     from asr.data.splits import load_split
-    from asr.training.validation import transcribe_examples
+    from asr.training.validation import transcribe_split
 
     started = time.perf_counter()
     build_arpa([utterance.text.split() for utterance in read_manifest(config.data.train_manifest)], order).write(lm_path)
-    decoder = make_decoder({"name": "beam_lm", "beam_width": 32, "alpha": 0.5, "beta": 1.0}, alphabet, lm_path)
+    decoder = make_decoder({"name": "beam_lm", "beam_width": 32, "alpha": 0.5, "beta": 1.0}, alphabet, lm_path=lm_path)
     test = load_split(config.data.test_manifest, config, alphabet, "test")
-    references, hypotheses = transcribe_examples(model, test, alphabet, config, decode=decoder.decode)
+    references, hypotheses = transcribe_split(model, test, alphabet, config, decoder)
     decoder.close()
     return {f"test_cer_beam_lm{order}": round(cer(references, hypotheses), 4),
             f"test_wer_beam_lm{order}": round(wer(references, hypotheses), 4),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from asr.bundle import load_bundle, save_bundle
+from asr.bundle import load_bundle, save_bundle, update_bundle
 from asr.configuration import TrainConfig
 from asr.errors import UserError
 from asr.models.architectures import build_model
@@ -48,6 +48,37 @@ def test_language_model_travels_in_the_bundle(bundle_path, tmp_path, monkeypatch
     loaded = load_bundle(tmp_path / "with_lm.bin")
     assert loaded.language_model.read_text() == "\\data\\\n"
     assert loaded.configuration.decoder.lm_path == "lm/words.arpa"
+
+
+def test_update_rewrites_decoder_settings_and_the_language_model_only(bundle_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "tuned.bin"
+    path.write_bytes(bundle_path[0].read_bytes())
+    path.chmod(0o640)
+    with zipfile.ZipFile(path) as archive:
+        before = {name: archive.read(name) for name in archive.namelist()}
+    for content in ("\\data\\\nfirst\n", "\\data\\\nsecond\n"):  # the second LM replaces the first
+        lm = tmp_path / f"{content.split()[1]}.arpa"
+        lm.write_text(content)
+        update_bundle(path, {"name": "beam_lm", "alpha": 0.75, "beta": 2.0}, language_model=lm)
+    loaded = load_bundle(path)
+    assert (loaded.configuration.decoder.name, loaded.configuration.decoder.alpha) == ("beam_lm", 0.75)
+    assert loaded.configuration.decoder.lm_path == "lm/second.arpa"
+    assert loaded.language_model.read_text() == "\\data\\\nsecond\n"
+    with zipfile.ZipFile(path) as archive:
+        after = {name: archive.read(name) for name in archive.namelist()}
+    assert sorted(after) == sorted([*before, "lm/second.arpa"])
+    assert all(after[name] == data for name, data in before.items() if name != "configuration.yaml")
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert [item.name for item in tmp_path.iterdir() if item.name.startswith(".")] == []  # no temporary left
+    with pytest.raises(UserError, match="language model not found"):
+        update_bundle(path, {}, language_model=tmp_path / "none.arpa")
+
+
+def test_update_refuses_a_bomb_before_reading_it(bundle_path, tmp_path):
+    path = _bomb(tmp_path / "bomb.bin", _entries(bundle_path), "model.keras", 300 * MIB)
+    with pytest.raises(UserError, match="refusing model.keras: it inflates to 300 MiB"):
+        update_bundle(path, {"alpha": 1.0})
 
 
 def test_truncated_bundle(bundle_path, tmp_path):

@@ -152,6 +152,18 @@ def test_lm_path_argument_overrides_configuration(small_lm: Path) -> None:
         assert decoder.language_model_info.order == 3
 
 
+def test_the_schema_fills_in_what_a_mapping_leaves_out_and_a_name_overrides(small_lm: Path) -> None:
+    defaults = DecoderConfig()
+    beam = make_decoder({"name": "beam"}, ALPHABET)
+    assert beam.beam_width == defaults.beam_width and beam.options["hotword_weight"] == defaults.hotword_weight
+    assert make_decoder(None, ALPHABET).name == defaults.name
+    configured = DecoderConfig(name="greedy", beam_width=7, lm_path=str(small_lm), alpha=1.5, beta=0.25)
+    with make_decoder(configured, ALPHABET, name="beam_lm") as decoder:  # the name swapped, the settings kept
+        assert (decoder.name, decoder.beam_width, decoder.language_model_info.path) == ("beam_lm", 7, small_lm)
+    with pytest.raises(UserError, match="beam_width"):
+        make_decoder({"beam_width": "wide"}, ALPHABET)
+
+
 def test_hotword_wins_an_ambiguous_word() -> None:
     # "cat" or "cot": the acoustic model slightly prefers "cat"
     logits = logits_for("cat", rivals={1: {"a": 0.5, "o": 0.4}})[None]

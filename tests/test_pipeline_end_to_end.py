@@ -1,5 +1,7 @@
 """The acceptance test: synthesise speech, train a tiny model, save, load, transcribe."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +113,11 @@ def test_a_nan_loss_stops_training_naming_the_batch_files(corpus, tmp_path):
     with pytest.raises(NaNLossError) as error:
         Trainer(config, train_data=poisoned).fit()
     assert str(clean.examples[0].utterance.audio_filepath) in str(error.value)
+
+
+def test_the_public_api_loads_tensorflow_only_when_used():
+    script = ("import sys, asr; assert 'tensorflow' not in sys.modules; "
+              "assert asr.Configuration().model.name and 'tensorflow' not in sys.modules; "
+              "assert asr.Pipeline.__module__ == 'asr.pipeline' and 'tensorflow' in sys.modules")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]

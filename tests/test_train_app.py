@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,8 @@ def data_overrides(corpus: dict) -> list[str]:
 
 def test_a_composed_spec_runs_like_the_queue_runs_it(corpus, tmp_path):
     job = tmp_path / "experiments" / "job 1"
-    composed = train_app("--cfg", "job", *TINY, *data_overrides(corpus), "trainer.epochs=1")
+    composed = train_app("--cfg", "job", *TINY, *data_overrides(corpus), "trainer.epochs=1", "decoder.name=beam",
+                         "decoder.beam_width=4")
     assert composed.returncode == 0, composed.stderr
     assert "exp_dir: ${hydra:runtime.output_dir}" in composed.stdout  # resolved in the child
     job.mkdir(parents=True)
@@ -47,6 +49,11 @@ def test_a_composed_spec_runs_like_the_queue_runs_it(corpus, tmp_path):
     result = json.loads((job / "result.json").read_text())
     assert result["epochs_run"] == 1 and result["exp_dir"] == str(job)
     assert 0 <= result["test"]["cer"] and result["sample_transcripts"]
+    # the test set is scored with the configured decoder, greedy beside it; the bundle keeps both
+    assert result["test"]["decoder"] == "beam" and {"wer", "cer"} <= set(result["test_greedy"])
+    with zipfile.ZipFile(job / "model.bin") as bundle:
+        metrics = json.loads(bundle.read("metadata.json"))["metrics"]
+    assert metrics["test_wer"] == result["test"]["wer"] and metrics["test_greedy_cer"] == result["test_greedy"]["cer"]
     assert (job / "model.bin").is_file() and (job / "checkpoints" / "checkpoint").is_file()
     assert json.loads((job / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 1
 

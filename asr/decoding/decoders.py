@@ -22,11 +22,17 @@ from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
+import kenlm
 import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pyctcdecode import BeamSearchDecoderCTC, LanguageModel
+from pyctcdecode.alphabet import Alphabet as CTCAlphabet
 
+from asr.configuration import DecoderConfig
 from asr.errors import UserError
 
-DECODER_NAMES = ("greedy", "beam", "beam_lm")
+DEFAULTS = DecoderConfig()  # the schema holds the decoder defaults; BeamSearchDecoder's follow them
 SENTENCE_MARKERS = frozenset({"<s>", "</s>", "<unk>"})
 KENLM_BINARY_MAGIC = b"mmap lm "
 # A pool costs a fork per worker and pickling of every utterance's log-probabilities;
@@ -169,8 +175,6 @@ def check_language_model(path: str | Path, alphabet: Any, unigrams: Optional[Ite
     Raises ``UserError`` for a missing or unreadable file and for a vocabulary that
     the alphabet cannot spell at all (a wrong-language or wrong-case LM).
     """
-    import kenlm
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"language model not found: {path}")
@@ -261,20 +265,17 @@ class BeamSearchDecoder(Decoder):
     def __init__(
         self,
         alphabet: Any,
-        beam_width: int = 32,
+        beam_width: int = DEFAULTS.beam_width,
         language_model_path: Optional[str | Path] = None,
-        alpha: float = 0.5,
-        beta: float = 1.0,
+        alpha: float = DEFAULTS.alpha,
+        beta: float = DEFAULTS.beta,
         unigrams: Optional[Iterable[str]] = None,
         hotwords: Sequence[str] = (),
-        hotword_weight: float = 10.0,
+        hotword_weight: float = DEFAULTS.hotword_weight,
         workers: Optional[int] = None,
         beam_prune_logp: float = -10.0,
         token_min_logp: float = -5.0,
     ) -> None:
-        from pyctcdecode import BeamSearchDecoderCTC, LanguageModel
-        from pyctcdecode.alphabet import Alphabet as CTCAlphabet
-
         if beam_width < 1:
             raise UserError(f"beam_width must be at least 1, got {beam_width}")
         self.alphabet = alphabet
@@ -367,45 +368,34 @@ def idle_cpus() -> float:
         return float(available_cpus())
 
 
-def _setting(config: Any, name: str, default: Any) -> Any:
-    if config is None:
-        return default
-    if isinstance(config, dict):
-        value = config.get(name, default)
-    else:
-        value = getattr(config, name, default)
-    return default if value is None else value
+def make_decoder(config: Any, alphabet: Any, name: Optional[str] = None, lm_path: Optional[str | Path] = None,
+                 workers: Optional[int] = None) -> Decoder:
+    """The one decoder factory: the decoder ``config`` describes (a ``DecoderConfig``, or a mapping of some of
+    its fields: the schema fills in the rest), or the one called ``name`` with ``config``'s settings.
 
-
-def make_decoder(
-    decoder_config: Any, alphabet: Any, lm_path: Optional[str | Path] = None, workers: Optional[int] = None
-) -> Decoder:
-    """Build the decoder named by ``decoder_config.name`` (a DecoderConfig, DictConfig, dict or None).
-
-    ``lm_path`` (e.g. the LM unpacked from a model bundle) takes precedence over
-    ``decoder_config.lm_path``; only ``beam_lm`` uses a language model.
+    ``lm_path`` (e.g. the LM unpacked from a model bundle) takes precedence over ``config.lm_path``;
+    only ``beam_lm`` uses a language model. ``workers``: see :class:`BeamSearchDecoder`.
     """
-    name = _setting(decoder_config, "name", "greedy")
-    if name not in DECODER_NAMES:
-        raise UserError(f"unknown decoder {name!r}: choose one of {', '.join(DECODER_NAMES)}")
-    if name == "greedy":
-        return GreedyDecoder(alphabet)
-    options: dict[str, Any] = {
-        "beam_width": int(_setting(decoder_config, "beam_width", 32)),
-        "hotwords": list(_setting(decoder_config, "hotwords", [])),
-        "hotword_weight": float(_setting(decoder_config, "hotword_weight", 10.0)),
-        "workers": workers,
-    }
-    if name == "beam_lm":
-        path = lm_path if lm_path is not None else _setting(decoder_config, "lm_path", None)
-        if path is None:
-            raise UserError("decoder beam_lm needs a language model: set decoder.lm_path or bundle one "
-                            "(asr lm build, then asr lm tune --lm)")
-        unigram_path = _setting(decoder_config, "unigrams", None)
-        options.update(
-            language_model_path=path,
-            alpha=float(_setting(decoder_config, "alpha", 0.5)),
-            beta=float(_setting(decoder_config, "beta", 1.0)),
-            unigrams=read_unigram_file(unigram_path) if unigram_path else None,
-        )
-    return BeamSearchDecoder(alphabet, **options)
+    try:
+        settings = OmegaConf.merge(OmegaConf.structured(DecoderConfig), config if config is not None else {})
+    except OmegaConfBaseException as error:
+        where = f"decoder.{error.full_key}" if getattr(error, "full_key", None) else "decoder"
+        raise UserError(f"{where}: {str(error).splitlines()[0]}") from None
+    chosen = name if name is not None else settings.name
+    match getattr(chosen, "value", chosen):  # an Enum choice or its string
+        case "greedy":
+            return GreedyDecoder(alphabet)
+        case "beam":
+            return BeamSearchDecoder(alphabet, beam_width=settings.beam_width, hotwords=list(settings.hotwords),
+                                     hotword_weight=settings.hotword_weight, workers=workers)
+        case "beam_lm":
+            path = lm_path if lm_path is not None else settings.lm_path
+            if path is None:
+                raise UserError("decoder beam_lm needs a language model, and none is bundled or set in decoder.lm_path: "
+                                "build one (asr lm build) and add it to the bundle (asr lm tune --lm FILE)")
+            return BeamSearchDecoder(
+                alphabet, beam_width=settings.beam_width, language_model_path=path, alpha=settings.alpha,
+                beta=settings.beta, unigrams=read_unigram_file(settings.unigrams) if settings.unigrams else None,
+                hotwords=list(settings.hotwords), hotword_weight=settings.hotword_weight, workers=workers)
+        case _:
+            raise UserError(f"unknown decoder {chosen!r}: choose greedy, beam or beam_lm")

@@ -1,4 +1,4 @@
-"""N-gram language models: build an ARPA file from text, bundle it, tune its weights.
+"""N-gram language models: build an ARPA file from text (``asr lm build``).
 
 Building: KenLM's ``lmplz`` is not on PyPI, and the one pure-Python ARPA writer
 there (arpabo 0.3.0) writes files KenLM cannot read and whose backoff weights
@@ -10,24 +10,23 @@ gamma, so ``sum_w p(w | h) = 1`` for every context (tests check this through
 KenLM). It keeps all counts in memory: fine for up to a few million words; for
 a large corpus build ``lmplz`` from KenLM's sources.
 
-Tuning: ``tune_main`` runs the acoustic model once over a dev manifest, then
-re-decodes its logits with beam search + LM for each (alpha, beta) trial.
+Tuning the LM's weights on a model is ``asr lm tune``, in :mod:`asr.evaluate`; a bundle takes
+an LM through :func:`asr.bundle.update_bundle`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import random
-import tempfile
 import time
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 from asr.errors import UserError
+from asr.files import write_atomically
+from asr.text import normalize_transcript
 
 SENTENCE_START = "<s>"
 SENTENCE_END = "</s>"
@@ -39,11 +38,6 @@ LOG_ZERO = -99.0
 MIN_ORDER, MAX_ORDER = 2, 6  # ARPA's "probability zero", for <s>
 
 NGram = tuple[str, ...]
-
-
-# ---------------------------------------------------------------------------
-# Building
-# ---------------------------------------------------------------------------
 
 
 def count_ngrams(sentences: Iterable[Sequence[str]], order: int) -> list[Counter]:
@@ -115,7 +109,7 @@ class ArpaModel:
                     fields.append(f"{backoffs.get(ngram, 0.0):.7g}")
                 lines.append("\t".join(fields))
         lines += ["", "\\end\\", ""]
-        _atomic_write_text(path, "\n".join(lines))
+        write_atomically(path, "\n".join(lines))
 
 
 def build_arpa(sentences: Iterable[Sequence[str]], order: int = 3) -> ArpaModel:
@@ -166,7 +160,7 @@ def read_sentences(path: Path) -> list[list[str]]:
     sentences = []
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
-            words = normalize_line(line).split()
+            words = words_of(line)
             if words:
                 sentences.append(words)
     if not sentences:
@@ -174,12 +168,12 @@ def read_sentences(path: Path) -> list[list[str]]:
     return sentences
 
 
-def normalize_line(line: str) -> str:
-    """A transcript-normalised line (asr.text) with punctuation other than the apostrophe removed."""
-    from asr.text import normalize_transcript
-
+def words_of(line: str) -> list[str]:
+    """The words of a line normalised like transcripts (asr.text), punctuation other than the apostrophe
+    taken for a space (an LM counts words, so "world!" and "world" must be one)."""
     text = normalize_transcript(line)
-    return "".join(" " if unicodedata.category(char).startswith("P") and char != "'" else char for char in text)
+    return "".join(" " if unicodedata.category(char).startswith("P") and char != "'" else char
+                   for char in text).split()
 
 
 def build_main(text: Path, out: Path, order: int = 3) -> None:
@@ -192,161 +186,3 @@ def build_main(text: Path, out: Path, order: int = 3) -> None:
     words = sum(len(sentence) for sentence in sentences)
     print(f"wrote {out}: order {order}, {len(sentences)} sentences, {words} words, {sizes} "
           f"({time.perf_counter() - started:.1f}s)")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-# ---------------------------------------------------------------------------
-# Tuning alpha (LM weight) and beta (word bonus)
-# ---------------------------------------------------------------------------
-
-GRID_ALPHAS = (0.25, 0.5, 1.0, 1.5, 2.0)
-GRID_BETAS = (0.0, 0.5, 1.0, 2.0, 3.0)
-ALPHA_RANGE = (0.0, 2.5)
-BETA_RANGE = (-1.0, 4.0)
-
-
-@dataclass(frozen=True)
-class Trial:
-    alpha: float
-    beta: float
-    wer: float
-    cer: float
-
-
-def search_pairs(trials: int, start: tuple[float, float], seed: int = 0) -> list[tuple[float, float]]:
-    """``trials`` > 0: the current pair then random pairs; 0: a 5x5 grid."""
-    if trials < 0:
-        raise UserError(f"--trials must be 0 (grid) or positive, got {trials}")
-    if trials == 0:
-        return [(alpha, beta) for alpha in GRID_ALPHAS for beta in GRID_BETAS]
-    generator = random.Random(seed)
-    pairs = [start]
-    while len(pairs) < trials:
-        pairs.append((round(generator.uniform(*ALPHA_RANGE), 3), round(generator.uniform(*BETA_RANGE), 3)))
-    return pairs
-
-
-def tune_weights(
-    decoder: Any,
-    logits: Sequence[Any],
-    references: Sequence[str],
-    pairs: Sequence[tuple[float, float]],
-    report: Optional[Any] = None,
-) -> list[Trial]:
-    """Decode ``logits`` once per (alpha, beta) pair; return the trials, best (lowest WER, then CER) first."""
-    from asr.metrics import cer, wer
-    from asr.transcribe import decode_logits
-
-    results = []
-    for alpha, beta in pairs:
-        decoder.set_weights(alpha, beta)
-        hypotheses = decode_logits(decoder, logits)
-        trial = Trial(alpha, beta, wer(references, hypotheses), cer(references, hypotheses))
-        results.append(trial)
-        if report is not None:
-            report(len(results), len(pairs), trial)
-    return sorted(results, key=lambda trial: (trial.wer, trial.cer))
-
-
-def tune_main(model: str, manifest: Path, lm_path: Optional[Path] = None, trials: int = 20,
-              write: bool = True) -> Trial:
-    """``asr lm tune``: search alpha and beta on a dev manifest, print the best pair, write it into the bundle."""
-    from asr.decoding.decoders import BeamSearchDecoder, read_unigram_file
-    from asr.evaluate import read_references
-    from asr.pretrained.registry import PACKAGE_FOLDER, resolve_model_path
-    from asr.transcribe import acoustic_logits, bundled_language_model, load_pipeline
-
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise UserError(f"manifest not found: {manifest}")
-    files, references, _ = read_references(manifest)
-    search_pairs(trials, start=(0.0, 0.0))  # a bad --trials fails before the model loads
-    if write and str(model).startswith(("models:/", "runs:/")):
-        raise UserError(f"{model} lives in MLflow: tune a local copy of its bundle, or pass --no-write")
-    bundle_path = resolve_model_path(model)
-    if write and bundle_path.resolve().parent == PACKAGE_FOLDER:
-        raise UserError(f"{model} is a packaged model: tune a copy of {bundle_path}, or pass --no-write")
-    pipeline = load_pipeline(model)
-    language_model = Path(lm_path) if lm_path is not None else bundled_language_model(pipeline)
-    if language_model is None:
-        raise UserError(f"{model} has no language model: pass one with --lm (build it with asr lm build)")
-    config = pipeline.configuration.config.decoder
-    pairs = search_pairs(trials, start=(float(config.alpha), float(config.beta)))
-    print(f"computing logits of {len(files)} utterances from {manifest} ...")
-    logits, _ = acoustic_logits(pipeline, files)
-    decoder = BeamSearchDecoder(
-        pipeline.alphabet,
-        beam_width=int(config.beam_width),
-        language_model_path=language_model,
-        unigrams=read_unigram_file(config.unigrams) if config.get("unigrams") else None,
-        hotwords=list(config.hotwords or []),
-        hotword_weight=float(config.hotword_weight),
-    )
-
-    def report(done: int, total: int, trial: Trial) -> None:
-        print(f"[{done}/{total}] alpha={trial.alpha:.3f} beta={trial.beta:.3f}  WER {trial.wer:.2%}  CER {trial.cer:.2%}",
-              flush=True)
-
-    with decoder:
-        ranked = tune_weights(decoder, logits, references, pairs, report)
-    best = ranked[0]
-    print(f"best: alpha={best.alpha} beta={best.beta}  WER {best.wer:.2%}  CER {best.cer:.2%}")
-    if write:
-        update_bundle(bundle_path, {"name": "beam_lm", "alpha": best.alpha, "beta": best.beta},
-                      language_model=Path(lm_path) if lm_path is not None else None)
-        added = f" with language model {lm_path}" if lm_path is not None else ""
-        print(f"wrote decoder beam_lm, alpha={best.alpha}, beta={best.beta} into {bundle_path}{added}")
-    return best
-
-
-def update_bundle(bundle_path: Path, decoder_values: dict, language_model: Optional[Path] = None) -> None:
-    """Rewrite a model bundle atomically with new decoder settings and, optionally, a new LM under ``lm/``.
-
-    Every other entry is copied unchanged. (asr.bundle has no update function; this one
-    follows its layout: the LM is ``lm/<file name>`` and ``decoder.lm_path`` names that entry.)
-    """
-    import zipfile
-
-    from omegaconf import OmegaConf
-
-    from asr.bundle import CONFIGURATION_ENTRY, LM_FOLDER, check_sizes
-
-    if language_model is not None and not language_model.is_file():
-        raise UserError(f"language model not found: {language_model}")
-    with zipfile.ZipFile(bundle_path) as archive:
-        check_sizes(bundle_path, archive)  # a bomb is refused before anything is read into memory
-        entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
-    configuration = OmegaConf.create(
-        next(data for info, data in entries if info.filename == CONFIGURATION_ENTRY).decode("utf-8"))
-    for key, value in decoder_values.items():
-        configuration.decoder[key] = value
-    if language_model is not None:
-        entries = [(info, data) for info, data in entries if not info.filename.startswith(LM_FOLDER)]
-        configuration.decoder.lm_path = LM_FOLDER + language_model.name
-    handle, temporary = tempfile.mkstemp(dir=bundle_path.parent, prefix=f".{bundle_path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for info, data in entries:
-                if info.filename == CONFIGURATION_ENTRY:
-                    data = OmegaConf.to_yaml(configuration).encode("utf-8")
-                archive.writestr(info, data, compress_type=info.compress_type)
-            if language_model is not None:
-                archive.write(language_model, LM_FOLDER + language_model.name)
-        os.chmod(temporary, os.stat(bundle_path).st_mode & 0o777)
-        os.replace(temporary, bundle_path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -26,7 +26,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+from omegaconf import OmegaConf
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from asr.bundle import ALPHABET_ENTRY, CONFIGURATION_ENTRY, FORMAT, LM_FOLDER, METADATA_ENTRY, load_bundle
 from asr.errors import UserError
+from asr.serving.mlflow_uri import fetch_bundle
 from asr.text import Alphabet
 
 MODELS_DIR_VARIABLE = "ASR_MODELS_DIR"
@@ -74,8 +83,6 @@ def resolve_model_path(path_or_name: str | Path) -> Path:
     if not text.strip():
         raise UserError("empty model name: give a name (see `asr models list`) or a bundle path")
     if text.startswith(("models:/", "runs:/")):  # MLflow's registry or a run: downloaded into a cache
-        from asr.serving.mlflow_uri import fetch_bundle
-
         return fetch_bundle(text)
     if not is_bare_name(text):
         path = Path(text).expanduser()
@@ -104,11 +111,6 @@ class BundleHeader:
 
 def read_bundle_header(path: Path) -> BundleHeader:
     """``metadata.json``, ``configuration.yaml`` and ``alphabet.txt`` of a bundle, straight from the zip."""
-    import yaml
-    from omegaconf import OmegaConf
-
-    from asr.bundle import ALPHABET_ENTRY, CONFIGURATION_ENTRY, FORMAT, METADATA_ENTRY
-
     try:
         with zipfile.ZipFile(path) as archive:
             metadata = json.loads(archive.read(METADATA_ENTRY))
@@ -143,8 +145,6 @@ def check_same_alphabet(model_alphabet: Alphabet, model_source: str, configured:
 
 def check_same_features(model_features: Any, model_source: str, configured: Any) -> None:
     """Pre-trained weights only make sense on the features they were trained on."""
-    from omegaconf import OmegaConf
-
     theirs = OmegaConf.to_container(model_features, resolve=True) if model_features is not None else {}
     ours = OmegaConf.to_container(configured, resolve=True)
     different = [f"features.{key}={theirs[key]!r} there, {ours[key]!r} here" for key in sorted(theirs)
@@ -199,17 +199,11 @@ class InstalledModel:
 
 def _count_parameters(path: Path) -> int:
     """Parameters of a bundle whose metadata does not record them: load its Keras model."""
-    from asr.bundle import load_bundle
-
     return int(load_bundle(path).model.count_params())
 
 
 def describe_bundle(path: Path, where: str) -> InstalledModel:
     """What ``asr models list`` shows of one bundle; an unreadable file is described by ``error``."""
-    from omegaconf import OmegaConf
-
-    from asr.bundle import LM_FOLDER
-
     card = path.with_suffix(".md")
     entry = InstalledModel(name=path.stem, where=where, path=str(path), size_mb=round(path.stat().st_size / 1e6, 2),
                            card=str(card) if card.is_file() else None)
@@ -262,11 +256,6 @@ def _percent(value: Any) -> str:
 
 def print_models(models: list[InstalledModel], folders: list[ModelFolder]) -> None:
     """A rich table of ``models``, the folders as its caption; text from files and names is escaped."""
-    from rich import box
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     caption = "; ".join(f"{escape(folder.where)}: {escape(str(folder.path))}" for folder in folders)
     table = Table(title="installed models (WER, CER: on the test set; load one as asr.load_model(NAME), "
                         "--model NAME, trainer.init_from=NAME)", caption=caption, box=box.SIMPLE_HEAD)

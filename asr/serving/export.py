@@ -36,6 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from asr.errors import UserError
+from asr.pretrained.registry import resolve_model_path
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZE = ("none", "dynamic")
@@ -271,9 +272,6 @@ def convert_to_onnx(pipeline: Any, path: Path) -> Path:
 
 def export(model: str, fmt: str, out: str | Path, quantize: str = "none") -> Path:
     """``asr export``: write ``fmt`` (saved_model, tflite) of ``model`` (name, bundle, models:/ or runs:/ URI) to ``out``."""
-    from asr.pretrained.registry import resolve_model_path
-    from asr.pipeline import load_model
-
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     if quantize not in QUANTIZE:
@@ -284,6 +282,8 @@ def export(model: str, fmt: str, out: str | Path, quantize: str = "none") -> Pat
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} exists and is not an empty folder: choose a new one")
     source = resolve_model_path(model)
+    from asr.pipeline import load_model  # TensorFlow (about 5 s, lines on stderr) only after the arguments are checked
+
     pipeline = load_model(str(source))
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # renamed into place when done

@@ -17,28 +17,34 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
 import tempfile
 import threading
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+import soundfile
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
+from asr.audio.features import file_features, load_audio
+from asr.decoding.decoders import Decoder
 from asr.errors import UserError
+from asr.inference import decode_logits, logits_of_features
+from asr.pipeline import Pipeline, load_model
 
 MODEL_NAME = "model"  # the MLflow Model's name in its run: runs:/<run_id>/model
 BUNDLE_ARTIFACT = "bundle"
 AUDIO_COLUMN = "audio"
 DECODER_COLUMN = "decoder"
-DECODERS = ("greedy", "beam", "beam_lm")
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
-MAX_BATCH_SIZE = 32
 # Magic numbers of the containers accepted as base64 bytes: WAV (RIFF), FLAC, OGG.
 AUDIO_MAGIC = {b"RIFF": ".wav", b"fLaC": ".flac", b"OggS": ".ogg"}
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
@@ -119,19 +125,19 @@ def as_frame(model_input: Any) -> pd.DataFrame:
 
 
 class Transcriber:
-    """A loaded pipeline answering DataFrames: features per row, length-sorted batches, one decoder per name."""
+    """A loaded pipeline answering DataFrames: features per row, then :mod:`asr.inference`; one decoder per name."""
 
-    def __init__(self, pipeline: Any) -> None:
+    def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
-        self._decoders: dict[str | None, Any] = {}
+        self._decoders: dict[str | None, Decoder] = {}
         self._lock = threading.Lock()  # the scoring server calls predict from several threads
 
-    def decoder(self, name: str | None) -> Any:
-        from asr.transcribe import decoder_for
-
+    def decoder(self, name: str | None, row: int) -> Decoder:
         if name not in self._decoders:
-            # no worker processes inside a server; a decoder (and its LM) is built once per name
-            self._decoders[name] = decoder_for(self.pipeline, name, workers=1)
+            try:  # no worker processes inside a server; a decoder (and its LM) is built once per name
+                self._decoders[name] = self.pipeline.decoder(name, workers=1)
+            except UserError as error:  # an unknown name, beam_lm without an LM
+                raise bad_input(f"row {row}: {error}") from None
         return self._decoders[name]
 
     def __call__(self, model_input: Any) -> list[str]:
@@ -139,62 +145,33 @@ class Transcriber:
         audio = _column(frame, AUDIO_COLUMN)
         if audio is None:
             raise bad_input(f"input has no column {AUDIO_COLUMN!r} (columns: {', '.join(map(str, frame.columns))})")
-        decoders = _column(frame, DECODER_COLUMN) or [None] * len(audio)
-        for row, name in enumerate(decoders):
-            if name is not None and name not in DECODERS:
-                raise bad_input(f"row {row}: decoder {name!r} is not one of {', '.join(DECODERS)}")
+        names = _column(frame, DECODER_COLUMN) or [None] * len(audio)
         if not audio:
             return []
         with tempfile.TemporaryDirectory(prefix="asr-serve-") as scratch, self._lock:
+            decoders = {name: self.decoder(name, names.index(name)) for name in names}  # bad names fail first
             features = [self._features(value, row, Path(scratch)) for row, value in enumerate(audio)]
-            logits = self._logits(features)
+            logits = logits_of_features(self.pipeline.model, self.pipeline.configuration.model, features)
             texts: list[str] = [""] * len(audio)
-            for name in dict.fromkeys(decoders):
-                rows = [row for row, chosen in enumerate(decoders) if chosen == name]
-                try:
-                    decoder = self.decoder(name)
-                except UserError as error:  # beam_lm without an LM
-                    raise bad_input(f"row {rows[0]}: {error}") from None
-                from asr.transcribe import decode_logits
-
+            for name, decoder in decoders.items():
+                rows = [row for row, chosen in enumerate(names) if chosen == name]
                 for row, text in zip(rows, decode_logits(decoder, [logits[row] for row in rows])):
                     texts[row] = text
         return texts
 
     def _features(self, value: Any, row: int, scratch: Path) -> np.ndarray:
-        from asr.audio.features import file_features
-
         path = audio_file(value, row, scratch)
         try:
-            return file_features(path, self.pipeline.configuration.config.features)
+            return file_features(path, self.pipeline.configuration.features)
         except UserError as error:
             message = str(error).replace(str(path), "the base64 audio") if path.parent == scratch else str(error)
             raise bad_input(f"row {row}: {message}") from None
-
-    def _logits(self, features: list[np.ndarray]) -> list[np.ndarray]:
-        """Per-row logits ``[T'_i, V]`` (padding removed), batches of similar length."""
-        from asr.audio.features import pad_features
-        from asr.models.architectures import output_lengths
-
-        logits: list[Any] = [None] * len(features)
-        order = sorted(range(len(features)), key=lambda index: len(features[index]))
-        for start in range(0, len(order), MAX_BATCH_SIZE):
-            indices = order[start:start + MAX_BATCH_SIZE]
-            batch, lengths = pad_features([features[index] for index in indices])
-            output = np.asarray(self.pipeline.predict(batch))
-            frames = np.minimum(np.asarray(output_lengths(lengths, self.pipeline.configuration.model)),
-                                output.shape[1])
-            for row, index in enumerate(indices):
-                logits[index] = output[row, : int(frames[row])]
-        return logits
 
 
 class AsrPyfuncModel(mlflow.pyfunc.PythonModel):
     """The pyfunc model: loads the bundle artifact, transcribes a DataFrame's ``audio`` column."""
 
     def load_context(self, context: Any) -> None:
-        from asr.pipeline import load_model
-
         self.transcriber = Transcriber(load_model(context.artifacts[BUNDLE_ARTIFACT]))
 
     # A DataFrame hint: MLflow infers no schema from it (the signature is explicit) and stops warning
@@ -204,16 +181,11 @@ class AsrPyfuncModel(mlflow.pyfunc.PythonModel):
 
 def input_example(audio: str | Path | None = None) -> Any:
     """A one-row example: ``audio`` (up to 2 s of it) as base64 WAV, so the example travels with the model."""
-    import io
-
-    import soundfile
 
     rate = 16000
     signal = np.zeros(rate // 2, dtype=np.float32)
     if audio is not None:
         try:
-            from asr.audio.features import load_audio
-
             signal = load_audio(audio, rate)[: 2 * rate]
         except UserError:
             pass  # the silent example still shows the format
@@ -224,7 +196,6 @@ def input_example(audio: str | Path | None = None) -> Any:
 
 def pip_requirements() -> list[str]:
     """What loading the model needs besides ``asr`` itself (not on PyPI: serve with ``--env-manager local``)."""
-    from importlib.metadata import PackageNotFoundError, version
 
     found = []
     for package in ("mlflow", "tensorflow", "keras", "numpy", "pandas", "librosa", "soundfile", "omegaconf",
@@ -243,8 +214,6 @@ def log_model(bundle: str | Path, run_id: str, example_audio: str | Path | None 
     Uses ``Model.log(run_id=...)`` rather than ``mlflow.pyfunc.log_model`` inside ``start_run``:
     the run belongs to the queue, and leaving a ``start_run`` block would end it.
     """
-    from mlflow.models import Model
-
     bundle = Path(bundle)
     if not bundle.is_file():
         raise UserError(f"model bundle not found: {bundle}")

@@ -37,6 +37,7 @@ from omegaconf import DictConfig
 from asr.audio.augment import WaveformAugmenter, waveform_augment_enabled
 from asr.data.dataset import batch_order, make_dataset
 from asr.data.splits import CachedFeatures, SplitData, load_alphabet, load_split
+from asr.decoding.decoders import make_decoder
 from asr.errors import NaNLossError, UserError
 from asr.metrics import cer, wer
 from asr.models.architectures import build_model, output_lengths
@@ -46,7 +47,7 @@ from asr.training.checkpoint import CHECKPOINT_DIR, METRICS_FILE, Checkpoints, T
 from asr.training.init_from import Pretrained, check_weights_fit, load_pretrained
 from asr.training.schedule import Plateau, after_epoch, learning_rate
 from asr.training.strategy import configure_threads, is_chief, make_strategy, writable_dir
-from asr.training.validation import transcribe_examples
+from asr.training.validation import transcribe_split
 
 logger = logging.getLogger(__name__)
 
@@ -320,8 +321,9 @@ class Trainer:
         if self.dev_data is None:
             return metrics["loss"]
         metrics["val_loss"] = self.evaluate_loss(self.dev_data)
-        references, hypotheses = transcribe_examples(self.model, self.dev_data, self.alphabet, self.config,
-                                                     limit=int(self.config.trainer.val_decode_limit))
+        references, hypotheses = transcribe_split(self.model, self.dev_data, self.alphabet, self.config,
+                                                  make_decoder(self.config.decoder, self.alphabet, name="greedy"),
+                                                  limit=int(self.config.trainer.val_decode_limit))
         if references:
             metrics["val_wer"], metrics["val_cer"] = wer(references, hypotheses), cer(references, hypotheses)
         return metrics["val_loss"]
