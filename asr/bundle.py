@@ -35,7 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import asr
 from asr.configuration import validate
-from asr.errors import UserError
+from asr.errors import UserError, first_line
 from asr.files import atomic_path
 from asr.text import Alphabet
 
@@ -281,7 +281,7 @@ def load_bundle(path: str | Path) -> Bundle:
             try:
                 configuration = OmegaConf.create(_read_text_entry(archive, CONFIGURATION_ENTRY).decode("utf-8"))
             except (yaml.YAMLError, OmegaConfBaseException, ValueError) as error:
-                raise UserError(f"{path}: corrupt {CONFIGURATION_ENTRY} ({str(error).splitlines()[0]})") from None
+                raise UserError(f"{path}: corrupt {CONFIGURATION_ENTRY} ({first_line(error)})") from None
             alphabet = Alphabet.from_string(_read_text_entry(archive, ALPHABET_ENTRY).decode("utf-8"),
                                             f"{path}:{ALPHABET_ENTRY}")
             language_model = None
@@ -310,4 +310,4 @@ def _load_keras_model(path: Path, model_file: Path) -> Any:
     try:
         return keras.saving.load_model(model_file, compile=False, safe_mode=True)
     except Exception as error:
-        raise UserError(f"{path}: cannot load {MODEL_ENTRY}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"{path}: cannot load {MODEL_ENTRY}: {first_line(error)}") from None

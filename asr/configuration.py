@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, EnumNode, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from asr.errors import UserError
+from asr.errors import UserError, first_line
 from asr.files import write_atomically
 
 
@@ -238,7 +238,7 @@ def validate(config: Any) -> DictConfig:
         if isinstance(node, EnumNode):
             allowed = ", ".join(member.value for member in node.enum_type)
             raise UserError(f"{error.full_key}={error.value!r} is not one of {allowed}") from None
-        raise UserError(f"bad configuration: {str(error).splitlines()[0]} "
+        raise UserError(f"bad configuration: {first_line(error)} "
                         f"(full key: {getattr(error, 'full_key', '?')})") from None
     check_augment_config(merged.augment)
     return merged
@@ -261,7 +261,7 @@ class Configuration:
             try:
                 raw = OmegaConf.load(path)
             except Exception as error:  # yaml errors come in several types
-                raise UserError(f"cannot parse {path}: {str(error).splitlines()[0]}") from None
+                raise UserError(f"cannot parse {path}: {first_line(error)}") from None
             if "defaults" in raw:
                 del raw["defaults"]  # a conf/ file: its groups are composed by Hydra, not here
         else:

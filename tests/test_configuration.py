@@ -20,7 +20,7 @@ from asr.configuration import (GROUP_SCHEMAS, Configuration, DecoderName, Optimi
 from asr.data.feature_cache import config_hash
 from asr.errors import UserError
 from asr.text import Alphabet
-from asr.training.loop import training_fingerprint
+from asr.training.checkpoint import training_fingerprint
 
 CONF = Path(__file__).resolve().parents[1] / "asr" / "conf"
 EN_BUNDLE = Path(__file__).resolve().parents[1] / "asr" / "pretrained" / "en.bin"

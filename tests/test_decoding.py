@@ -198,7 +198,7 @@ def test_pool_gives_the_same_transcripts_in_input_order(monkeypatch: pytest.Monk
 
 
 def test_unknown_decoder_name() -> None:
-    with pytest.raises(UserError, match="unknown decoder 'viterbi'"):
+    with pytest.raises(UserError, match=r"decoder.name: Invalid value 'viterbi', expected one of \[greedy, beam, beam_lm\]"):
         make_decoder({"name": "viterbi"}, ALPHABET)
 
 

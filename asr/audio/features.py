@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -21,7 +20,7 @@ import soundfile
 from omegaconf import DictConfig, OmegaConf
 
 from asr.configuration import FeatureType, FeaturesConfig, Normalization
-from asr.errors import UserError
+from asr.errors import UserError, first_line
 
 EPSILON = 1e-6
 # Features of a few-second clip take ~4 ms; a worker process costs ~2-3 s to start (imports,
@@ -49,11 +48,6 @@ def typed_features_config(features_config: Any = None) -> FeaturesConfig:
         raise ValueError(f"features_config: {error}") from None
 
 
-def _plain_config(features_config: Any) -> dict[str, Any]:
-    """The settings as a plain dict: only for ``asr.serving.export`` until it reads ``typed_features_config``."""
-    return asdict(typed_features_config(features_config))
-
-
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Read ``path`` as float32 mono at ``sample_rate``; unreadable audio raises ``UserError``."""
     path = Path(path)
@@ -68,7 +62,7 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
                 warnings.simplefilter("ignore")
                 signal, rate = librosa.load(str(path), sr=None, mono=True, dtype=np.float32)
         except Exception:
-            reason = str(soundfile_error).splitlines()[0] if str(soundfile_error) else type(soundfile_error).__name__
+            reason = first_line(soundfile_error)
             raise UserError(f"cannot read audio file {path}: {reason}") from None
     if signal.size == 0:
         raise UserError(f"audio file {path} has no samples")

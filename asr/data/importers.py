@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from asr.data.manifest import Utterance, write_manifest
-from asr.errors import UserError
+from asr.errors import UserError, first_line
 from asr.text import normalize_transcript
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def _probe(path: Path) -> tuple[Optional[float], str]:
     try:
         info = soundfile.info(str(path))
     except Exception as error:  # LibsndfileError, RuntimeError, OSError
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        message = first_line(error)
         return None, message
     if info.frames <= 0 or info.samplerate <= 0:
         return None, "no audio frames"

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 
 import soundfile
 
-from asr.errors import UserError
+from asr.errors import UserError, first_line
 from asr.files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def _read_csv(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[Utteranc
                 duration = float(soundfile.info(str(audio)).duration)
             except Exception as error:  # soundfile raises RuntimeError/LibsndfileError/OSError
                 raise UserError(f"{where}: cannot read the duration of {audio}: "
-                                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+                                f"{first_line(error)}") from None
         yield Utterance(audio, duration, record["transcript"])
 
 

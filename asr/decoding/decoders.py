@@ -30,7 +30,7 @@ from pyctcdecode import BeamSearchDecoderCTC, LanguageModel
 from pyctcdecode.alphabet import Alphabet as CTCAlphabet
 
 from asr.configuration import DecoderConfig
-from asr.errors import UserError
+from asr.errors import UserError, first_line
 
 DEFAULTS = DecoderConfig()  # the schema holds the decoder defaults; BeamSearchDecoder's follow them
 SENTENCE_MARKERS = frozenset({"<s>", "</s>", "<unk>"})
@@ -190,8 +190,7 @@ def check_language_model(path: str | Path, alphabet: Any, unigrams: Optional[Ite
         with _native_stderr_silenced():  # KenLM's C++ prints "faster if you build a binary file"
             model = kenlm.Model(str(path), config)
     except (OSError, RuntimeError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot load language model {path}: {first_line}") from None
+        raise UserError(f"cannot load language model {path}: {first_line(error)}") from None
     if unigrams is not None:
         words = [word for word in unigrams if word not in SENTENCE_MARKERS]
     elif not binary:
@@ -380,7 +379,7 @@ def make_decoder(config: Any, alphabet: Any, name: Optional[str] = None, lm_path
         settings = OmegaConf.merge(OmegaConf.structured(DecoderConfig), config if config is not None else {})
     except OmegaConfBaseException as error:
         where = f"decoder.{error.full_key}" if getattr(error, "full_key", None) else "decoder"
-        raise UserError(f"{where}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"{where}: {first_line(error)}") from None
     chosen = name if name is not None else settings.name
     match getattr(chosen, "value", chosen):  # an Enum choice or its string
         case "greedy":

@@ -30,12 +30,13 @@ import contextlib
 import json
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from asr.errors import UserError
+from asr.errors import UserError, first_line
 from asr.pretrained.registry import resolve_model_path
 
 FORMATS = ("saved_model", "tflite", "onnx")
@@ -55,19 +56,19 @@ class TFFeatures:
         import librosa
         import scipy.fft
 
-        from asr.audio.features import _plain_config
+        from asr.audio.features import typed_features_config
 
-        config = _plain_config(features_config)
-        self.type = config["type"]
+        config = typed_features_config(features_config)
+        self.type = config.type
         if self.type not in ("mfcc", "logmel"):
             raise UserError(f"features.type={self.type!r} cannot be exported (mfcc, logmel can)")
-        self.rate = int(config["sample_rate"])
-        self.n_fft = int(config["n_fft"])
-        self.hop = int(round(config["hop_ms"] * self.rate / 1000))
-        window = int(round(config["window_ms"] * self.rate / 1000))
-        self.num_features = int(config["num_features"])
-        n_mels = int(config["n_mels"]) if self.type == "mfcc" else self.num_features
-        self.normalize = config["normalize"] == "utterance"
+        self.rate = int(config.sample_rate)
+        self.n_fft = int(config.n_fft)
+        self.hop = int(round(config.hop_ms * self.rate / 1000))
+        window = int(round(config.window_ms * self.rate / 1000))
+        self.num_features = int(config.num_features)
+        n_mels = int(config.n_mels) if self.type == "mfcc" else self.num_features
+        self.normalize = config.normalize == "utterance"
         # librosa's own constants: a periodic Hann window centred in n_fft, the Slaney mel filter bank
         self.window = librosa.util.pad_center(librosa.filters.get_window("hann", window, fftbins=True),
                                               size=self.n_fft).astype(np.float32)
@@ -75,7 +76,7 @@ class TFFeatures:
         # DCT-II (orthonormal) as a matrix: tf.signal.dct slices complex tensors, which TFLite lacks
         self.dct = scipy.fft.dct(np.eye(n_mels), type=2, norm="ortho", axis=0).T[:, : self.num_features]
         self.dct = self.dct.astype(np.float32)
-        self.config = config
+        self.config = asdict(config)  # export.json's "features"
         # With matmul=False the filter bank and DCT are products and sums, not matrix products:
         # dynamic-range quantisation turns the input of every matrix product into int8 on the fly,
         # which wrecks power spectra spanning 1e-10..1e3; the front end must stay float.
@@ -241,7 +242,7 @@ def convert_to_tflite(pipeline: Any, path: Path, quantize: str = "none") -> Path
         try:
             flat = converter.convert()
         except Exception as error:  # noqa: BLE001 - the converter's errors are long MLIR dumps
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise UserError(f"TFLite conversion failed: {first}") from None
     path.write_bytes(flat)
     return path
@@ -265,7 +266,7 @@ def convert_to_onnx(pipeline: Any, path: Path) -> Path:
             tf2onnx.convert.from_function(function, input_signature=_signature(), opset=ONNX_OPSET,
                                           output_path=str(path))
     except Exception as error:  # noqa: BLE001 - the converter's errors are long
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise UserError(f"ONNX conversion failed: {first}") from None
     return path
 

@@ -40,7 +40,7 @@ import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from asr.data.feature_cache import content_hash
-from asr.errors import UserError
+from asr.errors import UserError, first_line
 from asr.files import atomic_path, write_atomically
 from asr.text import Alphabet
 
@@ -224,7 +224,7 @@ class Checkpoints:
             checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             raise UserError(f"cannot resume from {latest}: it does not match the configured "
-                            f"model ({str(error).splitlines()[0][:200]}); use another exp_dir or "
+                            f"model ({first_line(error, 200)}); use another exp_dir or "
                             f"trainer.resume=false") from None
         if legacy_decays is not None:
             self.state.plateau_decays.assign(legacy_decays)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from asr.configuration import Strategy
 from asr.errors import UserError
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 logger = logging.getLogger(__name__)
 
 
@@ -51,8 +51,8 @@ def configure_threads(intra_op: int | None, inter_op: int | None) -> None:
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The strategy named by ``trainer.strategy``."""
-    if name not in STRATEGIES:
-        raise UserError(f"trainer.strategy={name!r} is not one of {', '.join(STRATEGIES)}")
+    if name not in set(Strategy):
+        raise UserError(f"trainer.strategy={name!r} is not one of {', '.join(Strategy)}")
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
             raise UserError("trainer.strategy=multi_worker needs the TF_CONFIG environment variable")
