@@ -281,6 +281,10 @@ class MlflowTracker:
             tags["mlflow.source.git.commit"] = commit
         return {key: value[:TAG_VALUE_LIMIT] for key, value in tags.items()}
 
+    def _run_tags(self, job: Any) -> dict[str, str]:
+        """The tags a new run gets: the job's, its name and the user (as ``create_run`` writes them)."""
+        return {**self._tags(job), **({"mlflow.runName": job.name} if job.name else {})}
+
     def _set_tags(self, client: Any, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -325,15 +329,26 @@ class MlflowTracker:
         return {"run_id": self._call(lambda: self.create_run(job)), "uri": self.uri}
 
     def on_enqueue_many(self, jobs: list[Any], done: Callable[[Any, dict[str, str]], None]) -> None:
-        """Create the runs of many jobs at once, ``ENQUEUE_THREADS`` requests in flight (a server answers
-        them side by side; MLflow has no call that creates many runs); ``done(job, {"run_id", "uri"})``
-        as each is created. The first failure stops the rest (they are synced later) and is raised."""
-        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+        """Create the runs of many jobs at once; ``done(job, {"run_id", "uri"})`` as each is created.
 
+        On a database store (the default SQLite file) a chunk of runs is written in one transaction
+        (:mod:`expctl.mlflow_batch`); on a tracking server ``ENQUEUE_THREADS`` requests are in flight
+        (a server answers them side by side; MLflow has no call that creates many runs). The first
+        failure stops the rest (they are synced later) and is raised."""
         if not jobs:
             return
         self._call(lambda: self._experiment_id(self.uri, _config_of(jobs[0])))  # once, before the threads
-        self.client(self.uri)
+        client = self.client(self.uri)
+        from expctl import mlflow_batch  # imports MLflow's store modules: only when runs are made
+
+        store = mlflow_batch.database_store(client)
+        if store is not None:
+            planned = [(job, self._experiment_id(self.uri, _config_of(job)), self._run_tags(job),
+                        {key: value for key, value in flatten(_config_of(job)).items() if key}) for job in jobs]
+            self._call(lambda: mlflow_batch.create_runs(
+                store, client, planned, lambda job, run_id: done(job, {"run_id": run_id, "uri": self.uri})))
+            return
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
         def create(job: Any) -> None:
             if self.paused:
