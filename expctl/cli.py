@@ -225,23 +225,16 @@ def _log_to_stderr() -> None:
 # ---------------------------------------------------------------- inspect
 
 
-def _workdir() -> Path:
-    """The daemon's folder as the inspecting commands see it: EXPCTL_WORKDIR, else here."""
-    import os
-
-    return Path(os.environ.get("EXPCTL_WORKDIR") or Path.cwd()).resolve()
-
-
 def _exp_dir(job: jobs.Job, job_dir: Path) -> str:
     """Where the app writes: the frozen config's explicit ``exp_dir`` (relative to the daemon's
     folder), else the job's folder (``${hydra:runtime.output_dir}`` is the run dir the daemon sets)."""
     value = job.exp_dir or specs.explicit_exp_dir(job.config_yaml)  # older rows: from the config
-    return str(_workdir() / value) if value else str(job_dir)
+    return str(jobs.workdir() / value) if value else str(job_dir)
 
 
 def _job_dir(job: jobs.Job) -> Path:
     """The job's own folder under the daemon's work folder: experiments/<id>-<uuid>."""
-    return _workdir() / "experiments" / jobs.job_folder(job)
+    return jobs.workdir() / "experiments" / jobs.job_folder(job)
 
 
 def _job_json(job: jobs.Job) -> dict:

@@ -19,6 +19,7 @@ import signal
 import time
 import uuid as uuid_module
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
@@ -212,9 +213,19 @@ def job_folder(job: Job) -> str:
     return f"{job.id}-{job.uuid}" if job.uuid else str(job.id)
 
 
-def normalize_exp_dir(value: str) -> str:
-    """The form in which explicit exp_dirs are compared (relative ones: to the daemon's work folder)."""
-    return os.path.normpath(value)
+def workdir() -> Path:
+    """The daemon's work folder as every command sees it: ``EXPCTL_WORKDIR``, else the current folder."""
+    return Path(os.environ.get("EXPCTL_WORKDIR") or Path.cwd()).resolve()
+
+
+def normalize_exp_dir(value: str, base: Path | None = None) -> str:
+    """The form in which explicit exp_dirs are stored and compared: one spelling per folder.
+
+    Absolute, against the daemon's work folder (``base``, default :func:`workdir`), where the app runs
+    and resolves a relative exp_dir: ``runs/a``, ``runs/./a/`` and ``<workdir>/runs/a`` are one
+    folder. Symbolic links are resolved too.
+    """
+    return os.path.realpath(os.path.join(base or workdir(), value))
 
 
 # ---------------------------------------------------------------- enqueue

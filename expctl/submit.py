@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
@@ -50,20 +51,21 @@ def _plan(request: Request) -> specs.SweepPlan:
 
 
 def _own_folders(composed: list[specs.ComposedSpec]) -> list[specs.ComposedSpec]:
-    """A sweep whose jobs would share one explicit exp_dir gives each job a subfolder of it,
-    ``<exp_dir>/<n>_<what differs>``: no two jobs ever write into one folder."""
+    """A sweep whose jobs would share one explicit exp_dir (however it is spelled) gives each job a
+    subfolder of it, ``<exp_dir>/<n>_<what differs>``: no two jobs ever write into one folder."""
     groups: dict[str, list[int]] = {}
     for index, done in enumerate(composed):
         folder = specs.explicit_exp_dir(done.config_yaml)
         if folder is not None:
             groups.setdefault(jobs.normalize_exp_dir(folder), []).append(index)
     result = list(composed)
-    for folder, indices in groups.items():
+    for indices in groups.values():
         if len(indices) < 2:
             continue
         names = specs.subfolder_names([composed[index].spec.overrides for index in indices])
         for index, name in zip(indices, names):
-            result[index] = specs.with_exp_dir(composed[index], f"{folder}/{name}")
+            typed = os.path.normpath(specs.explicit_exp_dir(composed[index].config_yaml) or ".")
+            result[index] = specs.with_exp_dir(composed[index], f"{typed}/{name}")
     return result
 
 
