@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -15,8 +16,16 @@ from rich.text import Text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from expctl import db, jobs, queue_file, specs
+from expctl.store import claims, db, jobs
+from expctl.specs import queue_file, compose
 from expctl.errors import Interrupted, UserError
+from expctl.daemon.gpus import parse_gpu_spec
+from expctl.daemon.loop import Daemon, DaemonOptions
+from expctl.specs.submit import Request, submit
+from expctl.tracking.mlflow_data import run_address, tracking_uri
+from expctl.tracking.mlflow_runs import MlflowTracker
+from expctl.tracking.promote import TrackerUnavailable, describe_counts, list_sweeps, promote
+from expctl.tracking.trackers import get_tracker
 
 app = typer.Typer(
     help="Queue experiments (Hydra app + overrides) and run them on this machine's GPUs.",
@@ -86,7 +95,6 @@ def _options(
 
 
 def _tracker():  # noqa: ANN202 - SafeTracker
-    from expctl.tracking import get_tracker
 
     return get_tracker(state.tracking)
 
@@ -117,15 +125,14 @@ def enqueue(
     name: Optional[str] = typer.Option(None, "--name", help="Job (or sweep) name."),
     priority: int = typer.Option(0, "--priority", help="Higher runs first."),
     max_attempts: int = typer.Option(3, "--max-attempts", help="Attempts before a job fails for good."),
-    app_module: str = typer.Option(specs.DEFAULT_APP, "--app", help="The Hydra app's module (python -m)."),
+    app_module: str = typer.Option(compose.DEFAULT_APP, "--app", help="The Hydra app's module (python -m)."),
     allow_duplicate: bool = typer.Option(False, "--allow-duplicate", help="Queue even if identical to an active job."),
 ) -> None:
     """Compose and queue an experiment (a sweep becomes one job per combination)."""
-    from expctl.submit import Request, submit
 
     if file is not None and (base is not None or overrides):
         raise UserError("give either BASE [OVERRIDES...] or --file, not both")
-    common = dict(app=specs.validate_app(app_module), priority=priority, max_attempts=max_attempts,
+    common = dict(app=compose.validate_app(app_module), priority=priority, max_attempts=max_attempts,
                   allow_duplicate=allow_duplicate)
     if file is not None:
         requests = [Request(base=line.base, overrides=line.overrides, name=None, label=f"{file}, line {line.number}",
@@ -186,19 +193,17 @@ def consume(
         None, "--workdir", envvar="EXPCTL_WORKDIR", help="Folder holding experiments/<job> (default: here)."
     ),
     grace: float = typer.Option(10.0, "--grace", help="Seconds between SIGTERM and SIGKILL when stopping a job."),
-    backoff: float = typer.Option(jobs.DEFAULT_BACKOFF_S, "--backoff", envvar="EXPCTL_BACKOFF",
+    backoff: float = typer.Option(claims.DEFAULT_BACKOFF_S, "--backoff", envvar="EXPCTL_BACKOFF",
                                   help="Base seconds of the exponential backoff before a retry."),
     pause: float = typer.Option(30.0, "--pause", help="Seconds without claims after the work folder could "
                                                       "not be written (the job goes back, its attempt not charged)."),
-    apps: str = typer.Option(specs.DEFAULT_APP, "--apps", envvar="EXPCTL_APPS",
+    apps: str = typer.Option(compose.DEFAULT_APP, "--apps", envvar="EXPCTL_APPS",
                              help="Comma-separated apps (python -m modules) this daemon runs; jobs of "
                                   "other apps stay queued, with the reason."),
 ) -> None:
     """Run queued jobs one at a time on the given GPUs (the daemon)."""
-    from expctl.daemon import Daemon, DaemonOptions
-    from expctl.gpus import parse_gpu_spec
 
-    trusted = tuple(dict.fromkeys(specs.validate_app(app.strip()) for app in apps.split(",") if app.strip()))
+    trusted = tuple(dict.fromkeys(compose.validate_app(app.strip()) for app in apps.split(",") if app.strip()))
     indices = parse_gpu_spec(gpus)
     folder = (workdir or Path.cwd()).resolve()
     if not folder.is_dir():
@@ -228,7 +233,7 @@ def _log_to_stderr() -> None:
 def _exp_dir(job: jobs.Job, job_dir: Path) -> str:
     """Where the app writes: the frozen config's explicit ``exp_dir`` (relative to the daemon's
     folder), else the job's folder (``${hydra:runtime.output_dir}`` is the run dir the daemon sets)."""
-    value = job.exp_dir or specs.explicit_exp_dir(job.config_yaml)  # older rows: from the config
+    value = job.exp_dir or compose.explicit_exp_dir(job.config_yaml)  # older rows: from the config
     return str(jobs.workdir() / value) if value else str(job_dir)
 
 
@@ -255,7 +260,6 @@ def _job_json(job: jobs.Job) -> dict:
 
 def _print_json(value: object) -> None:
     """JSON on stdout, never through rich (no markup, no wrapping)."""
-    import json
 
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
@@ -311,7 +315,7 @@ def show(job_id: int = typer.Argument(..., help="Job id."), as_json: bool = _JSO
         ("sweep", str(job.sweep_id or "-")), ("priority", str(job.priority)),
         ("attempt", f"{job.attempts_used} of {job.max_attempts} (claims: {job.attempt})"),
         ("worker", job.worker_id or "-"), ("GPUs", job.gpus or "-"),
-        ("exit code", "-" if job.exit_code is None else jobs.describe_exit(job.exit_code)),
+        ("exit code", "-" if job.exit_code is None else claims.describe_exit(job.exit_code)),
         ("created", _when(job.created_at)), ("started", _when(job.started_at)), ("finished", _when(job.finished_at)),
         ("config hash", job.config_hash[:16]),
         ("uuid", job.uuid or "- (queued before job uuids)"),
@@ -319,7 +323,6 @@ def show(job_id: int = typer.Argument(..., help="Job id."), as_json: bool = _JSO
         ("tracking run", job.tracking_run_id or "- (none yet: `expctl tracking sync` creates it)"),
     ]
     if job.tracking_run_id:
-        from expctl.mlflow_tracker import run_address
 
         uri = job.tracking_uri or ""
         rows.append(("tracking URI", uri or "-"))
@@ -486,7 +489,6 @@ def tracking_sync(
     status and times, and from experiments/<job>/ the per-epoch metrics (metrics.jsonl), the
     final ones (result.json) and the files as artifacts. Safe to run again.
     """
-    from expctl.mlflow_tracker import MlflowTracker
 
     engine = state.engine()
     folder = (workdir or Path.cwd()).resolve()
@@ -526,7 +528,6 @@ def sweep_list(
     as_json: bool = _JSON_OPTION,
 ) -> None:
     """List sweeps: the spec as typed and their jobs by status."""
-    from expctl.promote import describe_counts, list_sweeps
 
     found = list_sweeps(state.engine(), limit=limit)
     if as_json:
@@ -560,7 +561,6 @@ def sweep_promote(
     alias: Optional[str] = typer.Option(None, "--alias", help="Point this alias (e.g. champion) at the new version."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts instead of a line."),
 ) -> None:
-    from expctl.promote import TrackerUnavailable, promote
 
     try:
         done = promote(state.engine(), sweep_id, metric, name, higher_is_better=higher_is_better, alias=alias,
@@ -574,7 +574,6 @@ def sweep_promote(
     direction = "highest" if higher_is_better else "lowest"
     alias_text = f", alias {done.alias}" if done.alias else ""
     alias_uri = f' or "models:/{done.name}@{done.alias}"' if done.alias else ""
-    from expctl.mlflow_tracker import tracking_uri
 
     # The version lives in the run's store: say which when MLFLOW_TRACKING_URI points elsewhere.
     where = "" if done.uri == tracking_uri() else f" with MLFLOW_TRACKING_URI={done.uri}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from expctl import jobs
-from expctl.mlflow_tracker import MlflowTracker
+from expctl.store import jobs
+from expctl.tracking.mlflow_runs import MlflowTracker
 from expctl_helpers import Env
 
 

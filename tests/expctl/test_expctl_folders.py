@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from expctl import jobs, specs
+from expctl.store import jobs
+from expctl.specs import compose
 
 from expctl_helpers import Env
 from test_expctl_cli import assert_error_line
@@ -103,7 +104,7 @@ def test_a_sweep_with_one_exp_dir_gives_each_job_a_subfolder(any_world: Env) -> 
     assert "exp_dir: runs/grid/1_lr=0.1\n" in members[0].config_yaml and "lr: 0.1\n" in members[0].config_yaml
     assert members[0].override_list[-1] == "exp_dir='runs/grid/1_lr=0.1'"
     assert members[0].name == "config exp_dir=runs/grid lr=0.1 depth=2"  # the names stay as typed
-    assert members[0].config_hash == specs.config_hash("expctl_fastapp", members[0].config_yaml)
+    assert members[0].config_hash == compose.config_hash("expctl_fastapp", members[0].config_yaml)
     # the subfolders are owned like any exp_dir: the same sweep again is refused
     assert_error_line(world.run("enqueue", "config", "exp_dir=runs/grid", "lr=0.1,0.2", "depth=3", *FAST),
                       f"exp_dir '{absolute(world, 'runs/grid/1_lr=0.1')}' is the folder of job")
@@ -137,7 +138,7 @@ def test_jobs_queued_before_the_migration_keep_their_folder(tmp_path, any_db_url
     from alembic import command
     from sqlalchemy import text
 
-    from expctl import db
+    from expctl.store import db
 
     engine = db.create_engine(any_db_url, migrate=False)
     try:
@@ -152,9 +153,9 @@ def test_jobs_queued_before_the_migration_keep_their_folder(tmp_path, any_db_url
         assert old.uuid is None and jobs.job_folder(old) == "1"
         config_yaml = "n: 2\nexp_dir: runs/new\n"
         [new] = jobs.enqueue(engine, [jobs.NewJob(app="expctl_fastapp", base="config", overrides=(),
-                                                  config_yaml=config_yaml, name="new",
-                                                  config_hash=specs.config_hash("expctl_fastapp", config_yaml))])
+                                                  config_yaml=config_yaml, name="new", exp_dir="runs/new",
+                                                  config_hash=compose.config_hash("expctl_fastapp", config_yaml))])
         assert jobs.job_folder(new) == f"2-{new.uuid}"
-        assert new.exp_dir == os.path.realpath("runs/new")  # found in the config, made absolute
+        assert new.exp_dir == os.path.realpath("runs/new")  # stored absolute
     finally:
         engine.dispose()

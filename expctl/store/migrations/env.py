@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from expctl.schema import metadata
+from expctl.store.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
