@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from expctl.store.db import read_connection
 from expctl.errors import UserError
-from expctl.store.schema import (
+from expctl.store.schema import (  # the statuses too: callers read jobs.QUEUED, jobs.FAILED, ...
     ACTIVE_STATUSES,
     CANCELLED,
     FAILED,
@@ -198,7 +198,7 @@ def normalize_exp_dir(value: str, base: Path | None = None) -> str:
 # ---------------------------------------------------------------- enqueue
 
 
-def _active_duplicates(connection: Connection, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
+def active_duplicates(connection: Connection, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
     keys = [key for key in keys if key]
     found: dict[str, tuple[int, str]] = {}
     for start in range(0, len(keys), 500):
@@ -212,7 +212,7 @@ def _active_duplicates(connection: Connection, keys: Iterable[str]) -> dict[str,
     return found
 
 
-def _exp_dir_owners(connection: Connection, folders: Iterable[str]) -> dict[str, tuple[int, str]]:
+def exp_dir_owners(connection: Connection, folders: Iterable[str]) -> dict[str, tuple[int, str]]:
     folders = [folder for folder in folders if folder]
     found: dict[str, tuple[int, str]] = {}
     for start in range(0, len(folders), 500):
@@ -284,11 +284,11 @@ def enqueue_batches(
     results: list[tuple[list[Job], int | None]] = []
     try:
         with engine.begin() as connection:
-            duplicates = _active_duplicates(connection, seen)
+            duplicates = active_duplicates(connection, seen)
             for item in all_items:
                 if not item.allow_duplicate and item.config_hash in duplicates:
                     raise _duplicate_error(item, *duplicates[item.config_hash])
-            owners = _exp_dir_owners(connection, folders)
+            owners = exp_dir_owners(connection, folders)
             for item in all_items:
                 if item.exp_dir in owners:
                     raise _exp_dir_error(item, *owners[item.exp_dir])
@@ -325,8 +325,8 @@ def enqueue_batches(
     except IntegrityError:
         # Lost a race with another enqueue (PostgreSQL): name the other job.
         with read_connection(engine) as connection:
-            duplicates = _active_duplicates(connection, seen)
-            owners = _exp_dir_owners(connection, folders)
+            duplicates = active_duplicates(connection, seen)
+            owners = exp_dir_owners(connection, folders)
         for item in all_items:
             if item.config_hash in duplicates and not item.allow_duplicate:
                 raise _duplicate_error(item, *duplicates[item.config_hash]) from None
@@ -355,10 +355,10 @@ def set_tracking(engine: Engine, job_id: int, run_id: str | None, uri: str | Non
         )
 
 
-# ---------------------------------------------------------------- user actions
+# ---------------------------------------------------------------- lookups (cancel and retry: expctl.store.actions)
 
 
-def _job_or_error(connection: Connection, job_id: int, lock: bool = False) -> Job:
+def job_or_error(connection: Connection, job_id: int, lock: bool = False) -> Job:
     check_id(job_id)
     query = select(jobs).where(jobs.c.id == job_id)
     if lock and is_postgres(connection):  # SQLite's BEGIN IMMEDIATE already serializes writers
@@ -369,106 +369,10 @@ def _job_or_error(connection: Connection, job_id: int, lock: bool = False) -> Jo
     return Job.from_row(row)
 
 
-def _check_sweep(connection: Connection, sweep_id: int) -> None:
+def check_sweep(connection: Connection, sweep_id: int) -> None:
     check_id(sweep_id, "sweep")
     if connection.execute(select(sweeps.c.id).where(sweeps.c.id == sweep_id)).one_or_none() is None:
         raise UserError(f"no sweep with id {sweep_id}")
-
-
-def _cancel_in(connection: Connection, job: Job, at: float) -> str:
-    if job.status == QUEUED:
-        connection.execute(
-            update(jobs).where(jobs.c.id == job.id, jobs.c.status == QUEUED)
-            .values(status=CANCELLED, end_reason="cancelled before it ran", finished_at=at, updated_at=at)
-        )
-        add_event(connection, job.id, CANCELLED, "cancelled before it ran", attempt=job.attempt, at=at)
-        return "cancelled"
-    if job.status == RUNNING:
-        if not job.cancel_requested:
-            connection.execute(
-                update(jobs).where(jobs.c.id == job.id, jobs.c.status == RUNNING)
-                .values(cancel_requested=True, updated_at=at)
-            )
-            add_event(connection, job.id, "cancel-requested", f"worker {job.worker_id} will stop its child",
-                      attempt=job.attempt, at=at)
-        return "cancel requested"
-    return f"already {job.status}"
-
-
-def cancel(engine: Engine, job_id: int) -> str:
-    """Cancel a queued job now, or ask the daemon running it to stop it. Returns what happened."""
-    with engine.begin() as connection:
-        # locked, so that a daemon cannot requeue it between this read and the cancel's write
-        job = _job_or_error(connection, job_id, lock=True)
-        if job.status not in ACTIVE_STATUSES:
-            raise UserError(f"job {job_id} already {job.status}: nothing to cancel")
-        return _cancel_in(connection, job, now())
-
-
-def cancel_sweep(engine: Engine, sweep_id: int) -> dict[str, int]:
-    """Cancel every queued or running job of a sweep; counts per outcome."""
-    counts: dict[str, int] = {}
-    with engine.begin() as connection:
-        _check_sweep(connection, sweep_id)
-        at = now()
-        query = select(jobs).where(jobs.c.sweep_id == sweep_id, jobs.c.status.in_(ACTIVE_STATUSES)).order_by(jobs.c.id)
-        if is_postgres(connection):
-            query = query.with_for_update()
-        rows = connection.execute(query).all()
-        for row in rows:
-            outcome = _cancel_in(connection, Job.from_row(row), at)
-            counts[outcome] = counts.get(outcome, 0) + 1
-    return counts
-
-
-def _retry_in(connection: Connection, job: Job, at: float) -> None:
-    try:
-        with connection.begin_nested():
-            connection.execute(
-                update(jobs).where(jobs.c.id == job.id, jobs.c.status == job.status).values(
-                    status=QUEUED, not_before=0.0, attempts_base=jobs.c.attempt, worker_id=None,
-                    cancel_requested=False, end_reason=None, finished_at=None, updated_at=at,
-                )
-            )
-    except IntegrityError:
-        duplicates = _active_duplicates(connection, [job.dedup_key or ""])
-        if job.dedup_key in duplicates:
-            other = duplicates[job.dedup_key]
-            raise UserError(
-                f"job {job.id} has the same config as job {other[0]} ({other[1]}): cancel that one first"
-            ) from None
-        owner = _exp_dir_owners(connection, [job.exp_dir or ""]).get(job.exp_dir or "", (0, "active"))
-        raise UserError(
-            f"job {job.id}: its exp_dir {job.exp_dir!r} now belongs to job {owner[0]} ({owner[1]}); "
-            "queue it again with another exp_dir"
-        ) from None
-    add_event(connection, job.id, "retried", f"requeued by a user after {job.status}", attempt=job.attempt, at=at)
-
-
-def retry(engine: Engine, job_id: int) -> None:
-    """Queue a failed or cancelled job again, with a fresh attempt budget."""
-    with engine.begin() as connection:
-        job = _job_or_error(connection, job_id)
-        if job.status not in (FAILED, CANCELLED):
-            raise UserError(f"job {job_id} is {job.status}: only failed or cancelled jobs can be retried")
-        _retry_in(connection, job, now())
-        notify(connection)
-
-
-def retry_sweep(engine: Engine, sweep_id: int, failed_only: bool = False) -> int:
-    """Queue a sweep's failed (and, unless ``failed_only``, cancelled) jobs again; how many."""
-    wanted = (FAILED,) if failed_only else (FAILED, CANCELLED)
-    with engine.begin() as connection:
-        _check_sweep(connection, sweep_id)
-        at = now()
-        rows = connection.execute(
-            select(jobs).where(jobs.c.sweep_id == sweep_id, jobs.c.status.in_(wanted)).order_by(jobs.c.id)
-        ).all()
-        for row in rows:
-            _retry_in(connection, Job.from_row(row), at)
-        if rows:
-            notify(connection)
-    return len(rows)
 
 
 # ---------------------------------------------------------------- reads
@@ -477,7 +381,7 @@ def retry_sweep(engine: Engine, sweep_id: int, failed_only: bool = False) -> int
 def get_job(engine: Engine, job_id: int) -> Job:
     """The job, or a UserError naming the unknown id."""
     with read_connection(engine) as connection:
-        return _job_or_error(connection, job_id)
+        return job_or_error(connection, job_id)
 
 
 def list_jobs(engine: Engine, status: str | None = None, sweep_id: int | None = None,
@@ -490,7 +394,7 @@ def list_jobs(engine: Engine, status: str | None = None, sweep_id: int | None = 
         query = query.where(jobs.c.status == status)
     with read_connection(engine) as connection:
         if sweep_id is not None:
-            _check_sweep(connection, sweep_id)
+            check_sweep(connection, sweep_id)
             query = query.where(jobs.c.sweep_id == sweep_id)
         if limit is not None:
             if not 0 <= limit <= INT64_MAX:
@@ -504,7 +408,7 @@ def list_jobs(engine: Engine, status: str | None = None, sweep_id: int | None = 
 def events(engine: Engine, job_id: int) -> list[dict[str, Any]]:
     """The job's history, oldest first."""
     with read_connection(engine) as connection:
-        _job_or_error(connection, job_id)
+        job_or_error(connection, job_id)
         rows = connection.execute(
             select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
         ).all()

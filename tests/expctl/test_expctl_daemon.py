@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from expctl.store import claims, jobs
+from expctl.store import actions, claims, jobs
 from expctl.specs import compose
 from expctl.tracking.hooks import Tracker
 
@@ -124,7 +124,7 @@ def test_sigterm_requeues_the_running_job_and_drain_lets_it_finish(world: Env) -
     assert not pid_alive(child_pid)
     requeued = jobs.get_job(world.engine, job.id)
     assert requeued.status == "queued" and requeued.attempts_used == 0  # requeued, attempt not charged
-    jobs.cancel(world.engine, job.id)
+    actions.cancel(world.engine, job.id)
     [drained] = fast_jobs(world, 1, start=1, sleep=1.5, max_attempts=1)
     draining = world.daemon("--gpus", "none", "--drain", "--lease", "5")
     wait_for(lambda: len(world.records()) == 2, 60, "the drained job to start")
@@ -252,7 +252,7 @@ def test_a_cancel_sticks_when_the_daemon_dies_stops_or_the_child_fails_first(any
     child_pid = int(wait_for(lambda: world.records(), 60, "the job to start")[0][3])
     daemon.send_signal(signal.SIGSTOP)
     wait_for(lambda: _stopped(daemon.pid), 10, "the daemon to freeze")
-    assert jobs.cancel(world.engine, job.id) == "cancel requested"
+    assert actions.cancel(world.engine, job.id) == "cancel requested"
     if path == "kill -9":
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(10)
@@ -332,7 +332,7 @@ def test_nothing_the_job_started_outlives_it_not_even_setsid_helpers(world: Env,
         assert status(world, job.id) == "running"  # until its lease expires
         return
     if way != "job ends":
-        jobs.cancel(world.engine, job.id)
+        actions.cancel(world.engine, job.id)
     assert daemon.wait(60) == 0, world.daemon_logs()
     wait_for(lambda: not any(pid_alive(pid) for pid in escaped), 10, "the escaped helpers to die")
     done = jobs.get_job(world.engine, job.id)

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from expctl.store import claims, db, jobs
+from expctl.store import actions, claims, db, jobs
 from expctl.specs import compose
 from expctl.errors import UserError
 from expctl.store.schema import jobs as jobs_table
@@ -127,7 +127,7 @@ def test_duplicates_refused_by_the_database(engine) -> None:  # noqa: ANN001
     with engine.begin() as connection:  # pretend the first one failed: retrying it would duplicate `again`
         connection.execute(update(jobs_table).where(jobs_table.c.id == first.id).values(status="failed"))
     with pytest.raises(UserError, match=f"same config as job {again.id}"):
-        jobs.retry(engine, first.id)
+        actions.retry(engine, first.id)
 
 
 def test_cancel_and_retry_single_and_sweep(engine) -> None:  # noqa: ANN001
@@ -136,23 +136,23 @@ def test_cancel_and_retry_single_and_sweep(engine) -> None:  # noqa: ANN001
     sweep_id = members[0].sweep_id
     running = claims.claim(engine, "w", "", 60)
     assert claims.heartbeat(engine, running, "w", 60).cancel_requested is False
-    counts = jobs.cancel_sweep(engine, sweep_id)
+    counts = actions.cancel_sweep(engine, sweep_id)
     assert counts == {"cancel requested": 1, "cancelled": 2}
     assert claims.heartbeat(engine, running, "w", 60).cancel_requested is True
     assert claims.finish(engine, running, "w", -15, cancelled=True).status == "cancelled"
     with pytest.raises(UserError, match="already cancelled"):
-        jobs.cancel(engine, running.id)
-    assert jobs.retry_sweep(engine, sweep_id, failed_only=True) == 0
-    assert jobs.retry_sweep(engine, sweep_id) == 3
+        actions.cancel(engine, running.id)
+    assert actions.retry_sweep(engine, sweep_id, failed_only=True) == 0
+    assert actions.retry_sweep(engine, sweep_id) == 3
     assert {job.status for job in jobs.list_jobs(engine, sweep_id=sweep_id)} == {"queued"}
     again = claims.claim(engine, "w", "", 60)
     assert again.attempt == 2 and again.attempts_used == 1  # a retry starts a fresh attempt budget
-    for bad in (lambda: jobs.cancel(engine, 999), lambda: jobs.retry(engine, 999),
-                lambda: jobs.cancel_sweep(engine, 999), lambda: jobs.get_job(engine, 999)):
+    for bad in (lambda: actions.cancel(engine, 999), lambda: actions.retry(engine, 999),
+                lambda: actions.cancel_sweep(engine, 999), lambda: jobs.get_job(engine, 999)):
         with pytest.raises(UserError, match="no (job|sweep) with id 999"):
             bad()
     with pytest.raises(UserError, match="is running"):
-        jobs.retry(engine, again.id)
+        actions.retry(engine, again.id)
 
 
 def test_requeue_own_does_not_charge_an_attempt(engine) -> None:  # noqa: ANN001
@@ -171,7 +171,7 @@ def test_a_cancel_survives_every_path_back_to_the_queue(engine) -> None:  # noqa
 
     def running_with_cancel(lease_s: float) -> jobs.Job:
         job = claims.claim(engine, "w", "", lease_s)
-        assert jobs.cancel(engine, job.id) == "cancel requested"
+        assert actions.cancel(engine, job.id) == "cancel requested"
         return job
 
     job = running_with_cancel(-1.0)  # its daemon died before its next heartbeat: the lease is over
@@ -188,7 +188,7 @@ def test_a_cancel_survives_every_path_back_to_the_queue(engine) -> None:  # noqa
     states = {job.id: (job.status, job.attempt) for job in jobs.list_jobs(engine)}
     assert states == {reaped.id: ("cancelled", 1), stopped.id: ("cancelled", 1), retried.id: ("cancelled", 1),
                       finished.id: ("succeeded", 1)}
-    jobs.retry(engine, stopped.id)  # only a user's retry queues it again, and it runs
+    actions.retry(engine, stopped.id)  # only a user's retry queues it again, and it runs
     again = claims.claim(engine, "w", "", 60)
     assert again.id == stopped.id and not again.cancel_requested
     assert claims.heartbeat(engine, again, "w", 60).cancel_requested is False
