@@ -30,7 +30,8 @@ def _enqueue(folder: Path, arguments: list[str], tracking: str = "none") -> floa
     env = dict(os.environ, EXPCTL_DB_URL=f"sqlite:///{folder / 'queue' / 'expctl.db'}", EXPCTL_TRACKING=tracking,
                MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}", PYTHONPATH=str(REPO))
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "expctl", "enqueue", *arguments], cwd=REPO, env=env,
+    # run in the case's folder: a local MLflow store puts its runs' artifacts under ./mlruns
+    result = subprocess.run([sys.executable, "-m", "expctl", "enqueue", *arguments], cwd=folder, env=env,
                             capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if result.returncode != 0:

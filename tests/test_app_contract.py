@@ -48,7 +48,8 @@ def run_as_the_daemon(workdir: Path, overrides: list[str], environment: dict[str
 def test_the_training_app_honours_the_contract(corpus: dict, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=store)
-    run_id = client.create_run(client.create_experiment("contract")).info.run_id  # RUNNING, as after a claim
+    experiment = client.create_experiment("contract", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(experiment).info.run_id  # RUNNING, as after a claim
     values = {"EXPCTL_JOB_ID": "7", "EXPCTL_JOB_UUID": uuid.uuid4().hex, "EXPCTL_ATTEMPT": "1",
               "EXPCTL_WORKER_ID": "contract-test", "CUDA_VISIBLE_DEVICES": "", "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
               "MLFLOW_TRACKING_URI": store, "MLFLOW_RUN_ID": run_id}

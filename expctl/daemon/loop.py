@@ -2,7 +2,7 @@
 
 Single-threaded on purpose: the heartbeat runs in the main loop while the child runs, so the
 shepherd is always forked from the main thread (``PR_SET_PDEATHSIG`` follows the forking thread).
-The one exception: a tracker call runs in a helper thread (``expctl.tracking.SafeTracker``), so a
+The one exception: a tracker call runs in a helper thread (``expctl.tracking.hooks.SafeTracker``), so a
 tracker that hangs is given up after ``EXPCTL_TRACKER_TIMEOUT`` while the claimed job keeps its
 heartbeat; such a thread may still be blocked in a socket read when the shepherd is forked (the
 shepherd only makes plain system calls, so it takes none of that thread's locks). Idle polling is cheap: SQLite's

@@ -38,7 +38,7 @@ class TrackingPaused(ConnectionError):
 class Tracker:
     """No-op tracker: the interface a tracking backend implements.
 
-    ``job`` is an :class:`expctl.jobs.Job` (frozen dataclass of the job's row).
+    ``job`` is an :class:`expctl.store.jobs.Job` (frozen dataclass of the job's row).
     """
 
     name = "none"

@@ -81,7 +81,7 @@ class SyncReport:
 
 
 class MlflowTracker:
-    """The ``Tracker`` of :mod:`expctl.tracking` backed by an MLflow tracking server or store.
+    """The ``Tracker`` of :mod:`expctl.tracking.hooks` backed by an MLflow tracking server or store.
 
     A job's run lives at the URI stored on the job (where it was created); new runs go to
     ``uri`` (default :func:`tracking_uri`).
