@@ -34,7 +34,7 @@ def _enqueue(folder: Path, arguments: list[str], tracking: str = "none") -> floa
     result = subprocess.run([sys.executable, "-m", "expctl", "enqueue", *arguments], cwd=folder, env=env,
                             capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    if result.returncode != 0:
+    if result.returncode != 0 or "could not track" in result.stderr:
         raise SystemExit(f"expctl enqueue {' '.join(arguments[:3])}... failed:\n{result.stderr[-2000:]}")
     return seconds
 

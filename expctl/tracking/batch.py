@@ -17,6 +17,8 @@ Imported only when runs are made (MLflow's import takes seconds; ``expctl list``
 
 from __future__ import annotations
 
+import itertools
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -28,7 +30,7 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.uri import append_to_uri_path
 from sqlalchemy import insert
 
-CHUNK_JOBS = 500  # jobs per transaction: progress shows between chunks (the tracker's timeout counts it)
+CHUNK_JOBS = 100  # jobs per transaction: progress shows between chunks (the tracker's timeout counts it)
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
@@ -47,17 +49,17 @@ def create_runs(store: Any, client: Any, planned: Iterable[tuple[Any, str, dict[
     each chunk's transaction. ``tags`` include ``mlflow.runName``; the job's ``config_yaml`` is uploaded
     as ``config.yaml``."""
     artifact_roots: dict[str, str] = {}
-    items = list(planned)
-    for start in range(0, len(items), CHUNK_JOBS):
-        chunk = items[start:start + CHUNK_JOBS]
+    items = iter(planned)  # a generator: each job's config is parsed as its chunk comes
+    while chunk := list(itertools.islice(items, CHUNK_JOBS)):
         runs, tags, params, created = [], [], [], []
-        with tempfile.TemporaryDirectory(prefix="expctl-runs-") as scratch:
+        scratch = Path(tempfile.mkdtemp(prefix="expctl-runs-"))
+        try:
             for index, (job, experiment_id, run_tags, run_params) in enumerate(chunk):
                 if experiment_id not in artifact_roots:
                     artifact_roots[experiment_id] = client.get_experiment(experiment_id).artifact_location
                 run_id = uuid.uuid4().hex
                 artifact_uri = append_to_uri_path(artifact_roots[experiment_id], run_id, "artifacts")
-                config = Path(scratch) / str(index) / "config.yaml"
+                config = scratch / str(index) / "config.yaml"
                 config.parent.mkdir()
                 config.write_text(job.config_yaml, encoding="utf-8")
                 get_artifact_repository(artifact_uri).log_artifact(str(config))
@@ -71,6 +73,8 @@ def create_runs(store: Any, client: Any, planned: Iterable[tuple[Any, str, dict[
                 tags.extend({"key": key, "value": value, "run_uuid": run_id} for key, value in run_tags.items())
                 params.extend({"key": key, "value": value, "run_uuid": run_id} for key, value in run_params.items())
                 created.append((job, run_id))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         with store.engine.begin() as connection:  # the chunk's runs, all or none
             connection.execute(insert(SqlRun.__table__), runs)
             if tags:

@@ -177,6 +177,11 @@ class MlflowTracker:
             tags["mlflow.source.git.commit"] = commit
         return {key: value[:TAG_VALUE_LIMIT] for key, value in tags.items()}
 
+    def _planned_run(self, job: Any, config: dict[str, Any]) -> tuple[Any, str, dict[str, str], dict[str, str]]:
+        """What :func:`expctl.tracking.batch.create_runs` writes for a job: experiment, tags, params."""
+        params = {key: value for key, value in flatten(config).items() if key}
+        return job, self._experiment_id(self.uri, config), self._run_tags(job), params
+
     def _run_tags(self, job: Any) -> dict[str, str]:
         """The tags a new run gets: the job's, its name and the user (as ``create_run`` writes them)."""
         return {**self._tags(job), **({"mlflow.runName": job.name} if job.name else {})}
@@ -239,8 +244,7 @@ class MlflowTracker:
 
         store = mlflow_batch.database_store(client)
         if store is not None:
-            planned = [(job, self._experiment_id(self.uri, _config_of(job)), self._run_tags(job),
-                        {key: value for key, value in flatten(_config_of(job)).items() if key}) for job in jobs]
+            planned = (self._planned_run(job, _config_of(job)) for job in jobs)  # parsed chunk by chunk
             self._call(lambda: mlflow_batch.create_runs(
                 store, client, planned, lambda job, run_id: done(job, {"run_id": run_id, "uri": self.uri})))
             return
