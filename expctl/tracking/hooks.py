@@ -179,10 +179,12 @@ class SafeTracker(Tracker):
             with lock:
                 return len(created)
 
-        self._call("on_enqueue_many", None, list(jobs), record, progress=count)
+        failed = object()
+        outcome = self._call("on_enqueue_many", failed, list(jobs), record, progress=count)
         with lock:
             result = dict(created)
-        self.unsynced.update(job.id for job in jobs if job.id not in result)
+        if outcome is failed:  # a tracker that creates no runs (none) leaves nothing to catch up
+            self.unsynced.update(job.id for job in jobs if job.id not in result)
         return result
 
     def child_env(self, job: Any) -> dict[str, str]:

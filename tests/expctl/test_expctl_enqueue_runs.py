@@ -42,3 +42,8 @@ def test_a_sweeps_runs_written_in_one_transaction_match_the_clients(world: Env, 
     assert client.get_run(queued[0].tracking_run_id).info.status == "RUNNING"
     experiment = client.get_experiment_by_name("batch")
     assert len(client.search_runs([experiment.experiment_id], "tags.`expctl.app` = 'expctl_testapp'")) == 6
+
+
+def test_without_a_tracker_enqueue_warns_of_nothing_to_catch_up(world: Env) -> None:
+    queued = world.run("enqueue", "--app", "expctl_fastapp", "config", "tag=a,b", check=True)  # EXPCTL_TRACKING=none
+    assert "sweep 1: queued 2 jobs" in queued.stdout and "could not track" not in queued.stderr, queued.stderr
