@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 APPS = REPO / "tests" / "apps"
 sys.path.insert(0, str(REPO))
 
-from expctl import db, jobs, specs
+from expctl.store import db, jobs
+from expctl.specs import compose
 
 CLAIMERS = 4
 
@@ -42,17 +43,17 @@ def _new_jobs(count: int, prefix: str = "") -> list[jobs.NewJob]:
     for index in range(count):
         config_yaml = f"bench: {prefix}{index}\n"
         items.append(jobs.NewJob(app="expctl_fastapp", base="config", overrides=(), config_yaml=config_yaml,
-                                 config_hash=specs.config_hash("expctl_fastapp", config_yaml), name=f"bench {index}"))
+                                 config_hash=compose.config_hash("expctl_fastapp", config_yaml), name=f"bench {index}"))
     return items
 
 
 def _api_claimer(url: str, name: str, start: "multiprocessing.synchronize.Event", results: "multiprocessing.Queue") -> None:
     engine = db.create_engine(url)
-    jobs.register_worker(engine, name, "bench", os.getpid(), "none")
+    claims.register_worker(engine, name, "bench", os.getpid(), "none")
     start.wait()
     count = 0
     began = time.perf_counter()
-    while jobs.claim(engine, name, "", 3600) is not None:
+    while claims.claim(engine, name, "", 3600) is not None:
         count += 1
     results.put((count, began, time.perf_counter()))
     engine.dispose()

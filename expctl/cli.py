@@ -9,102 +9,32 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from expctl import db, jobs, queue_file, specs
-from expctl.errors import Interrupted, UserError
-
-app = typer.Typer(
-    help="Queue experiments (Hydra app + overrides) and run them on this machine's GPUs.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+from expctl import cli_mlflow  # noqa: F401 - registers the tracking, sweep and db commands
+from expctl.cli_common import (
+    JSON_OPTION,
+    ago,
+    app,
+    chosen_tracker,
+    console,
+    error_console,
+    print_json,
+    say,
+    state,
+    table_row,
+    when,
 )
-db_app = typer.Typer(help="Queue database maintenance.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-tracking_app = typer.Typer(help="Experiment tracking (MLflow) of the queue's jobs.", no_args_is_help=True)
-app.add_typer(tracking_app, name="tracking")
-sweep_app = typer.Typer(help="Sweeps: list them, promote a sweep's best run to the MLflow Model Registry.",
-                        no_args_is_help=True)
-app.add_typer(sweep_app, name="sweep")
-
-console = Console()
-error_console = Console(stderr=True)
-
-
-class State:
-    """Options shared by every command."""
-
-    db_url: str | None = None
-    tracking: str | None = None
-    _engine: Engine | None = None
-
-    def engine(self) -> Engine:
-        """The migrated engine, created on first use."""
-        if self._engine is None:
-            self._engine = db.create_engine(self.db_url)
-        return self._engine
-
-
-state = State()
-
-
-# User text (names, overrides, paths, errors) may hold rich markup such as "[/]": it is only
-# ever shown as plain Text or with markup off, never parsed (a stray tag would crash every listing).
-def _cell(value: object) -> Text:
-    """A table cell that shows ``value`` literally."""
-    return value if isinstance(value, Text) else Text(str(value))
-
-
-def _row(table: Table, *values: object) -> None:
-    table.add_row(*(_cell(value) for value in values))
-
-
-def _say(message: str) -> None:
-    """One line of output, shown literally."""
-    console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-@app.callback()
-def _options(
-    db_url: Optional[str] = typer.Option(
-        None, "--db", envvar="EXPCTL_DB_URL",
-        help="Queue database URL (default: sqlite at queue/expctl.db under the current folder).",
-    ),
-    tracking: Optional[str] = typer.Option(
-        None, "--tracking", envvar="EXPCTL_TRACKING",
-        help="Experiment tracker: mlflow (default; MLFLOW_TRACKING_URI, else sqlite:///mlflow.db) or none.",
-    ),
-) -> None:
-    state.db_url = db_url
-    state.tracking = tracking
-    state._engine = None
-
-
-def _tracker():  # noqa: ANN202 - SafeTracker
-    from expctl.tracking import get_tracker
-
-    return get_tracker(state.tracking)
-
-
-def _when(value: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value else "-"
-
-
-def _ago(value: float | None) -> str:
-    if not value:
-        return "-"
-    seconds = max(0.0, time.time() - value)
-    if seconds < 120:
-        return f"{seconds:.0f} s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.1f} h ago"
-
+from expctl.daemon.gpus import parse_gpu_spec
+from expctl.daemon.loop import Daemon, DaemonOptions
+from expctl.errors import Interrupted, UserError
+from expctl.specs import compose, queue_file
+from expctl.specs.submit import Request, submit
+from expctl.store import actions, claims, jobs
+from expctl.tracking.mlflow_data import run_address
 
 # ---------------------------------------------------------------- enqueue
 
@@ -117,15 +47,14 @@ def enqueue(
     name: Optional[str] = typer.Option(None, "--name", help="Job (or sweep) name."),
     priority: int = typer.Option(0, "--priority", help="Higher runs first."),
     max_attempts: int = typer.Option(3, "--max-attempts", help="Attempts before a job fails for good."),
-    app_module: str = typer.Option(specs.DEFAULT_APP, "--app", help="The Hydra app's module (python -m)."),
+    app_module: str = typer.Option(compose.DEFAULT_APP, "--app", help="The Hydra app's module (python -m)."),
     allow_duplicate: bool = typer.Option(False, "--allow-duplicate", help="Queue even if identical to an active job."),
 ) -> None:
     """Compose and queue an experiment (a sweep becomes one job per combination)."""
-    from expctl.submit import Request, submit
 
     if file is not None and (base is not None or overrides):
         raise UserError("give either BASE [OVERRIDES...] or --file, not both")
-    common = dict(app=specs.validate_app(app_module), priority=priority, max_attempts=max_attempts,
+    common = dict(app=compose.validate_app(app_module), priority=priority, max_attempts=max_attempts,
                   allow_duplicate=allow_duplicate)
     if file is not None:
         requests = [Request(base=line.base, overrides=line.overrides, name=None, label=f"{file}, line {line.number}",
@@ -134,18 +63,18 @@ def enqueue(
         raise UserError("nothing to enqueue: give BASE [OVERRIDES...] or --file FILE")
     else:
         requests = [Request(base=base, overrides=tuple(overrides or ()), name=name, **common)]
-    tracker = _tracker()
+    tracker = chosen_tracker()
     results = submit(state.engine(), requests, tracker)
     total = sum(len(result.jobs) for result in results)
     for result in results:
         ids = _id_list([job.id for job in result.jobs])
         where = f"{result.request.label}: " if result.request.label else ""
         if result.sweep_id is not None:
-            _say(f"{where}sweep {result.sweep_id}: queued {len(result.jobs)} jobs ({ids})")
+            say(f"{where}sweep {result.sweep_id}: queued {len(result.jobs)} jobs ({ids})")
         else:
-            _say(f"{where}queued job {ids}: {result.jobs[0].name}")
+            say(f"{where}queued job {ids}: {result.jobs[0].name}")
     if file is not None:
-        _say(f"{total} job(s) queued from {file}")
+        say(f"{total} job(s) queued from {file}")
     _report_untracked(tracker)
 
 
@@ -186,19 +115,17 @@ def consume(
         None, "--workdir", envvar="EXPCTL_WORKDIR", help="Folder holding experiments/<job> (default: here)."
     ),
     grace: float = typer.Option(10.0, "--grace", help="Seconds between SIGTERM and SIGKILL when stopping a job."),
-    backoff: float = typer.Option(jobs.DEFAULT_BACKOFF_S, "--backoff", envvar="EXPCTL_BACKOFF",
+    backoff: float = typer.Option(claims.DEFAULT_BACKOFF_S, "--backoff", envvar="EXPCTL_BACKOFF",
                                   help="Base seconds of the exponential backoff before a retry."),
     pause: float = typer.Option(30.0, "--pause", help="Seconds without claims after the work folder could "
                                                       "not be written (the job goes back, its attempt not charged)."),
-    apps: str = typer.Option(specs.DEFAULT_APP, "--apps", envvar="EXPCTL_APPS",
+    apps: str = typer.Option(compose.DEFAULT_APP, "--apps", envvar="EXPCTL_APPS",
                              help="Comma-separated apps (python -m modules) this daemon runs; jobs of "
                                   "other apps stay queued, with the reason."),
 ) -> None:
     """Run queued jobs one at a time on the given GPUs (the daemon)."""
-    from expctl.daemon import Daemon, DaemonOptions
-    from expctl.gpus import parse_gpu_spec
 
-    trusted = tuple(dict.fromkeys(specs.validate_app(app.strip()) for app in apps.split(",") if app.strip()))
+    trusted = tuple(dict.fromkeys(compose.validate_app(app.strip()) for app in apps.split(",") if app.strip()))
     indices = parse_gpu_spec(gpus)
     folder = (workdir or Path.cwd()).resolve()
     if not folder.is_dir():
@@ -207,7 +134,7 @@ def consume(
                             drain=drain, workdir=folder, grace_s=grace, backoff_s=backoff, apps=trusted,
                             pause_s=pause)
     _log_to_stderr()
-    daemon = Daemon(state.engine(), options, _tracker())
+    daemon = Daemon(state.engine(), options, chosen_tracker())
     raise typer.Exit(daemon.run())
 
 
@@ -225,23 +152,16 @@ def _log_to_stderr() -> None:
 # ---------------------------------------------------------------- inspect
 
 
-def _workdir() -> Path:
-    """The daemon's folder as the inspecting commands see it: EXPCTL_WORKDIR, else here."""
-    import os
-
-    return Path(os.environ.get("EXPCTL_WORKDIR") or Path.cwd()).resolve()
-
-
 def _exp_dir(job: jobs.Job, job_dir: Path) -> str:
     """Where the app writes: the frozen config's explicit ``exp_dir`` (relative to the daemon's
     folder), else the job's folder (``${hydra:runtime.output_dir}`` is the run dir the daemon sets)."""
-    value = job.exp_dir or specs.explicit_exp_dir(job.config_yaml)  # older rows: from the config
-    return str(_workdir() / value) if value else str(job_dir)
+    value = job.exp_dir or compose.explicit_exp_dir(job.config_yaml)  # older rows: from the config
+    return str(jobs.workdir() / value) if value else str(job_dir)
 
 
 def _job_dir(job: jobs.Job) -> Path:
     """The job's own folder under the daemon's work folder: experiments/<id>-<uuid>."""
-    return _workdir() / "experiments" / jobs.job_folder(job)
+    return jobs.workdir() / "experiments" / jobs.job_folder(job)
 
 
 def _job_json(job: jobs.Job) -> dict:
@@ -260,17 +180,6 @@ def _job_json(job: jobs.Job) -> dict:
     }
 
 
-def _print_json(value: object) -> None:
-    """JSON on stdout, never through rich (no markup, no wrapping)."""
-    import json
-
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
-
-
-_JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
-
-
 _STATUS_STYLE = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
 
 
@@ -279,33 +188,33 @@ def list_command(
     status: Optional[str] = typer.Option(None, "--status", help="queued, running, succeeded, failed, cancelled."),
     sweep: Optional[int] = typer.Option(None, "--sweep", help="Only this sweep's jobs."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the newest N jobs."),
-    as_json: bool = _JSON_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """List jobs."""
     found = jobs.list_jobs(state.engine(), status=status, sweep_id=sweep, limit=limit)
     if as_json:
-        _print_json([_job_json(job) for job in found])
+        print_json([_job_json(job) for job in found])
         return
     table = Table(title=f"{len(found)} job(s)")
     for column in ("id", "status", "name", "attempt", "sweep", "prio", "worker", "updated", "reason"):
         table.add_column(column, overflow="fold")
     for job in found:
-        _row(
+        table_row(
             table, job.id, Text(job.status, style=_STATUS_STYLE.get(job.status, "")), job.name,
             f"{job.attempts_used}/{job.max_attempts}", str(job.sweep_id or "-"), str(job.priority),
-            job.worker_id or "-", _ago(job.updated_at), job.end_reason or "",
+            job.worker_id or "-", ago(job.updated_at), job.end_reason or "",
         )
     console.print(table)
 
 
 @app.command()
-def show(job_id: int = typer.Argument(..., help="Job id."), as_json: bool = _JSON_OPTION) -> None:
+def show(job_id: int = typer.Argument(..., help="Job id."), as_json: bool = JSON_OPTION) -> None:
     """Show a job: spec, state, tracking run, frozen config and history."""
     engine = state.engine()
     job = jobs.get_job(engine, job_id)
     history = jobs.events(engine, job_id)
     if as_json:
-        _print_json({**_job_json(job), "config_yaml": job.config_yaml,
+        print_json({**_job_json(job), "config_yaml": job.config_yaml,
                      "events": [{key: event[key] for key in ("time", "kind", "attempt", "worker_id", "message")}
                                 for event in history]})
         return
@@ -318,24 +227,23 @@ def show(job_id: int = typer.Argument(..., help="Job id."), as_json: bool = _JSO
         ("sweep", str(job.sweep_id or "-")), ("priority", str(job.priority)),
         ("attempt", f"{job.attempts_used} of {job.max_attempts} (claims: {job.attempt})"),
         ("worker", job.worker_id or "-"), ("GPUs", job.gpus or "-"),
-        ("exit code", "-" if job.exit_code is None else jobs.describe_exit(job.exit_code)),
-        ("created", _when(job.created_at)), ("started", _when(job.started_at)), ("finished", _when(job.finished_at)),
+        ("exit code", "-" if job.exit_code is None else claims.describe_exit(job.exit_code)),
+        ("created", when(job.created_at)), ("started", when(job.started_at)), ("finished", when(job.finished_at)),
         ("config hash", job.config_hash[:16]),
         ("uuid", job.uuid or "- (queued before job uuids)"),
         ("job folder", str(_job_dir(job))), ("exp_dir", _exp_dir(job, _job_dir(job))),
         ("tracking run", job.tracking_run_id or "- (none yet: `expctl tracking sync` creates it)"),
     ]
     if job.tracking_run_id:
-        from expctl.mlflow_tracker import run_address
 
         uri = job.tracking_uri or ""
         rows.append(("tracking URI", uri or "-"))
         if uri:
             rows.append(("MLflow UI", run_address(job.tracking_run_id, uri)))
     if job.status == jobs.QUEUED and job.not_before > time.time():
-        rows.append(("not before", _when(job.not_before)))
+        rows.append(("not before", when(job.not_before)))
     for field_name, value in rows:
-        _row(details, field_name, value)
+        table_row(details, field_name, value)
     console.print(details)
     console.rule("frozen config")
     console.print(job.config_yaml.rstrip(), markup=False, highlight=False)
@@ -343,7 +251,7 @@ def show(job_id: int = typer.Argument(..., help="Job id."), as_json: bool = _JSO
     for column in ("time", "event", "attempt", "worker", "message"):
         events_table.add_column(column, overflow="fold")
     for event in history:
-        _row(events_table, _when(event["time"]), event["kind"], event["attempt"] or "-",
+        table_row(events_table, when(event["time"]), event["kind"], event["attempt"] or "-",
              event["worker_id"] or "-", event["message"])
     console.print(events_table)
 
@@ -406,11 +314,11 @@ def cancel(
         raise UserError("give either a job ID or --sweep ID")
     before = _jobs_of(engine, job_id, sweep)
     if sweep is not None:
-        counts = jobs.cancel_sweep(engine, sweep)
+        counts = actions.cancel_sweep(engine, sweep)
         summary = ", ".join(f"{count} {what}" for what, count in counts.items()) or "nothing active"
-        _say(f"sweep {sweep}: {summary}")
+        say(f"sweep {sweep}: {summary}")
     else:
-        _say(f"job {job_id}: {jobs.cancel(engine, job_id)}")
+        say(f"job {job_id}: {actions.cancel(engine, job_id)}")
     # A running job's run is ended by its daemon; a queued job never reaches one.
     _track_changes(engine, before, lambda tracker, job: tracker.on_finish(
         job, job.status, job.end_reason or "cancelled", None), only_status=jobs.CANCELLED)
@@ -431,7 +339,7 @@ def _track_changes(engine: Engine, before: list[jobs.Job], hook, only_status: st
             changed.append(new)
     if not changed:
         return
-    tracker = _tracker()
+    tracker = chosen_tracker()
     for job in changed:
         hook(tracker, job)
     _report_untracked(tracker)
@@ -449,24 +357,24 @@ def retry(
         raise UserError("give either a job ID or --sweep ID")
     before = _jobs_of(engine, job_id, sweep)
     if sweep is not None:
-        count = jobs.retry_sweep(engine, sweep, failed_only=failed_only)
-        _say(f"sweep {sweep}: {count} job(s) queued again")
+        count = actions.retry_sweep(engine, sweep, failed_only=failed_only)
+        say(f"sweep {sweep}: {count} job(s) queued again")
     else:
-        jobs.retry(engine, job_id)
-        _say(f"job {job_id}: queued again")
+        actions.retry(engine, job_id)
+        say(f"job {job_id}: queued again")
     _track_changes(engine, before, lambda tracker, job: tracker.on_requeue(job, "retried by a user"),
                    only_status=jobs.QUEUED)
 
 
 @app.command()
 def workers(all_workers: bool = typer.Option(False, "--all", help="Include stopped daemons."),
-            as_json: bool = _JSON_OPTION) -> None:
+            as_json: bool = JSON_OPTION) -> None:
     """List consumer daemons."""
     found = jobs.list_workers(state.engine(), include_stopped=True)
     if not all_workers:
         found = [worker for worker in found if worker["status"] != "stopped"]
     if as_json:
-        _print_json([{"id": worker["id"], "status": worker["status"], "host": worker["host"], "pid": worker["pid"],
+        print_json([{"id": worker["id"], "status": worker["status"], "host": worker["host"], "pid": worker["pid"],
                       "gpus": worker["gpus"], "job": worker["current_job_id"], "started_at": worker["started_at"],
                       "heartbeat_at": worker["heartbeat_at"], "stopped_at": worker["stopped_at"]}
                      for worker in found])
@@ -475,127 +383,9 @@ def workers(all_workers: bool = typer.Option(False, "--all", help="Include stopp
     for column in ("worker", "status", "host", "pid", "GPUs", "job", "started", "last heartbeat"):
         table.add_column(column, overflow="fold")
     for worker in found:
-        _row(table, worker["id"], worker["status"], worker["host"], worker["pid"], worker["gpus"],
-             worker["current_job_id"] or "-", _when(worker["started_at"]), _ago(worker["heartbeat_at"]))
+        table_row(table, worker["id"], worker["status"], worker["host"], worker["pid"], worker["gpus"],
+             worker["current_job_id"] or "-", when(worker["started_at"]), ago(worker["heartbeat_at"]))
     console.print(table)
-
-
-@tracking_app.command("sync")
-def tracking_sync(
-    job_ids: Optional[list[int]] = typer.Argument(None, help="Job ids (default: every job)."),
-    workdir: Optional[Path] = typer.Option(
-        None, "--workdir", envvar="EXPCTL_WORKDIR", help="The daemon's folder holding experiments/<job>."
-    ),
-) -> None:
-    """Create the MLflow runs of jobs that have none, and put every run in its job's status.
-
-    Jobs queued or run while MLflow was unreachable get their run: params, tags, the job's
-    status and times, and from experiments/<job>/ the per-epoch metrics (metrics.jsonl), the
-    final ones (result.json) and the files as artifacts. Safe to run again.
-    """
-    from expctl.mlflow_tracker import MlflowTracker
-
-    engine = state.engine()
-    folder = (workdir or Path.cwd()).resolve()
-    selected = [jobs.get_job(engine, job_id) for job_id in job_ids] if job_ids else jobs.list_jobs(engine)
-    tracker = MlflowTracker()
-    table = Table(title=Text(f"MLflow sync ({tracker.uri})"))
-    for column in ("job", "status", "run", "done"):
-        table.add_column(column, overflow="fold")
-    failures = 0
-    for job in selected:
-        try:
-            report = tracker.sync(job, folder / "experiments" / jobs.job_folder(job))
-        except Exception as error:  # noqa: BLE001 - report each job, go on with the others
-            failures += 1
-            message = str(error).strip().splitlines()
-            _row(table, job.id, job.status, job.tracking_run_id or "-",
-                 Text(f"failed: {message[0] if message else type(error).__name__}", style="red"))
-            if tracker.paused:
-                break
-            continue
-        if report.run_id != job.tracking_run_id or (report.uri != job.tracking_uri):
-            jobs.set_tracking(engine, job.id, report.run_id, report.uri)
-        _row(table, job.id, job.status, report.run_id, "; ".join(report.actions) or "in sync")
-    console.print(table)
-    if failures:
-        error_console.print(f"error: {failures} job(s) could not be synced with MLflow at {tracker.uri}",
-                            markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
-
-
-# ---------------------------------------------------------------- sweeps
-
-
-@sweep_app.command("list")
-def sweep_list(
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the newest N sweeps."),
-    as_json: bool = _JSON_OPTION,
-) -> None:
-    """List sweeps: the spec as typed and their jobs by status."""
-    from expctl.promote import describe_counts, list_sweeps
-
-    found = list_sweeps(state.engine(), limit=limit)
-    if as_json:
-        _print_json([sweep.as_json() for sweep in found])
-        return
-    table = Table(title=f"{len(found)} sweep(s)")
-    for column in ("sweep", "name", "app", "spec", "jobs", "created"):
-        table.add_column(column, overflow="fold")
-    for sweep in found:
-        _row(table, sweep.id, sweep.name or "-", sweep.app, " ".join([sweep.base, *sweep.overrides]),
-             f"{sweep.jobs}: {describe_counts(sweep.counts)}" if sweep.jobs else "0", _when(sweep.created_at))
-    console.print(table)
-
-
-_PROMOTE_HELP = (
-    "Register the sweep's best succeeded run (its MLflow Model `model`) as a new version of NAME.\n\n"
-    "Among the sweep's jobs that succeeded and whose MLflow run holds METRIC (the run's latest value), the "
-    "lowest wins (--max: the highest; ties: the oldest job). Its runs:/<run_id>/model becomes a new version "
-    "of the registered model NAME (created if new) in the run's tracking store, optionally with an alias."
-)
-
-
-@sweep_app.command("promote", help=_PROMOTE_HELP)
-def sweep_promote(
-    sweep_id: int = typer.Argument(..., metavar="SWEEP", help="Sweep id (expctl sweep list)."),
-    metric: str = typer.Option(..., "--metric", help="The MLflow metric that ranks the runs (e.g. val_wer): "
-                                                     "each run's latest value."),
-    name: str = typer.Option(..., "--name", help="Registered model to add a version to (created if new)."),
-    higher_is_better: bool = typer.Option(False, "--max", "--higher-is-better",
-                                          help="The highest value wins (default: the lowest)."),
-    alias: Optional[str] = typer.Option(None, "--alias", help="Point this alias (e.g. champion) at the new version."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts instead of a line."),
-) -> None:
-    from expctl.promote import TrackerUnavailable, promote
-
-    try:
-        done = promote(state.engine(), sweep_id, metric, name, higher_is_better=higher_is_better, alias=alias,
-                       tracking=state.tracking)
-    except TrackerUnavailable as error:
-        error_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    if as_json:
-        _print_json(done.as_json())
-        return
-    direction = "highest" if higher_is_better else "lowest"
-    alias_text = f", alias {done.alias}" if done.alias else ""
-    alias_uri = f' or "models:/{done.name}@{done.alias}"' if done.alias else ""
-    from expctl.mlflow_tracker import tracking_uri
-
-    # The version lives in the run's store: say which when MLFLOW_TRACKING_URI points elsewhere.
-    where = "" if done.uri == tracking_uri() else f" with MLFLOW_TRACKING_URI={done.uri}"
-    _say(f"sweep {done.sweep_id}: job {done.job_id} (run {done.run_id}) has the {direction} {done.metric}="
-         f"{done.value:.6g} of {done.ranked} run(s) -> {done.name} version {done.version}{alias_text}; "
-         f'load_model("{done.model_uri}"){alias_uri}{where}')
-
-
-@db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Apply the queue database's pending migrations."""
-    engine = db.create_engine(state.db_url, migrate=False)
-    head = db.upgrade(engine)
-    _say(f"queue database at revision {head}")
 
 
 def main() -> None:

@@ -104,7 +104,7 @@ class Env:
     def engine(self):  # noqa: ANN201
         """An engine on the world's database (migrated)."""
         if self._engine is None:
-            from expctl import db
+            from expctl.store import db
 
             self._engine = db.create_engine(self.db_url)
         return self._engine
@@ -146,3 +146,15 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+
+
+CONTRACT = REPO / "docs" / "contract.md"
+
+
+def contract_table(heading: str) -> list[list[str]]:
+    """The rows of the table under ``## heading`` in docs/contract.md (the app <-> queue contract), as
+    cells with their backticks removed: both sides' contract tests read what they check from there."""
+    section = CONTRACT.read_text(encoding="utf-8").split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip().strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
+    cells = [[cell.strip().replace("`", "") for cell in row] for row in rows]
+    return [row for row in cells[1:] if not row[0].startswith("---")]  # without the header and its rule

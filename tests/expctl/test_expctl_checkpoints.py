@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from expctl import jobs
+from expctl.store import jobs
 
 from expctl_helpers import Env
 from tests.tiny_model import tiny_overrides  # test data only: expctl itself never imports asr

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from expctl import jobs, queue_file, specs
+from expctl.store import jobs
+from expctl.specs import queue_file, compose
 from expctl.errors import UserError
 
 from expctl_helpers import REPO, Env, pid_alive
@@ -131,16 +132,16 @@ def test_queue_file_parsing() -> None:
 
 
 def test_sweep_expansion_uses_hydras_grammar() -> None:
-    plan = specs.expand("app", "config", ["a=1,2", "b=[256],[512]", "c=[1,2]", "d=range(0,3)", "e='x,y'"])
+    plan = compose.expand("app", "config", ["a=1,2", "b=[256],[512]", "c=[1,2]", "d=range(0,3)", "e='x,y'"])
     assert plan.is_sweep and len(plan.specs) == 2 * 2 * 3
     assert plan.specs[0].overrides == ("a=1", "b=[256]", "c=[1,2]", "d=0", "e='x,y'")
-    assert not specs.expand("app", "config", ["c=[1,2]", "~x", "+y=1"]).is_sweep
+    assert not compose.expand("app", "config", ["c=[1,2]", "~x", "+y=1"]).is_sweep
     for overrides, fragment in [(["a=glob(*)"], "glob"), (["a=interval(0,1)"], "bad override"),
                                 (["a=[1,2"], "bad override"), (["--cfg"], "Hydra flags")]:
         with pytest.raises(UserError, match=fragment):
-            specs.expand("app", "config", overrides)
+            compose.expand("app", "config", overrides)
     with pytest.raises(UserError, match="bad --app"):
-        specs.expand("not a module", "config", [])
+        compose.expand("not a module", "config", [])
 
 
 def test_shipped_example_queue_file_parses() -> None:
@@ -156,14 +157,14 @@ def test_base_yaml_named_like_the_apps_config_is_not_shadowed(tmp_path: Path) ->
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "apps"), str(REPO)])
     try:
-        composed = specs.compose(specs.Spec("expctl_testapp", str(tmp_path / "config.yaml"), ("lr=0.5",)))
+        composed = compose.compose(compose.Spec("expctl_testapp", str(tmp_path / "config.yaml"), ("lr=0.5",)))
     finally:
         if old is None:
             del os.environ["PYTHONPATH"]
         else:
             os.environ["PYTHONPATH"] = old
     assert "tag: mine\n" in composed.config_yaml and "lr: 0.5\n" in composed.config_yaml
-    assert composed.config_hash == specs.config_hash("expctl_testapp", composed.config_yaml)
+    assert composed.config_hash == compose.config_hash("expctl_testapp", composed.config_yaml)
     assert sys.executable
 
 

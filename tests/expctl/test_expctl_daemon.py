@@ -9,8 +9,9 @@ from collections import Counter
 
 import pytest
 
-from expctl import jobs, specs
-from expctl.tracking import Tracker
+from expctl.store import actions, claims, jobs
+from expctl.specs import compose
+from expctl.tracking.hooks import Tracker
 
 from expctl_helpers import Env, pid_alive, wait_for
 from test_expctl_cli import assert_error_line
@@ -24,7 +25,7 @@ def fast_jobs(env: Env, count: int, start: int = 0, max_attempts: int = 3, **con
     for index in range(start, start + count):
         config_yaml = f"n: {index}\n" + "".join(f"{key}: {value}\n" for key, value in config.items())
         items.append(jobs.NewJob(app="expctl_fastapp", base="config", overrides=(f"n={index}",),
-                                 config_yaml=config_yaml, config_hash=specs.config_hash("expctl_fastapp", config_yaml),
+                                 config_yaml=config_yaml, config_hash=compose.config_hash("expctl_fastapp", config_yaml),
                                  name=f"fast {index}", max_attempts=max_attempts))
     return jobs.enqueue(env.engine, items)
 
@@ -123,7 +124,7 @@ def test_sigterm_requeues_the_running_job_and_drain_lets_it_finish(world: Env) -
     assert not pid_alive(child_pid)
     requeued = jobs.get_job(world.engine, job.id)
     assert requeued.status == "queued" and requeued.attempts_used == 0  # requeued, attempt not charged
-    jobs.cancel(world.engine, job.id)
+    actions.cancel(world.engine, job.id)
     [drained] = fast_jobs(world, 1, start=1, sleep=1.5, max_attempts=1)
     draining = world.daemon("--gpus", "none", "--drain", "--lease", "5")
     wait_for(lambda: len(world.records()) == 2, 60, "the drained job to start")
@@ -146,14 +147,14 @@ def test_exit_codes_decide_retry_or_failure(world: Env) -> None:
 
 
 def test_child_environment_and_command(world: Env) -> None:
-    from expctl.daemon import Daemon, DaemonOptions
+    from expctl.daemon.loop import Daemon, DaemonOptions
 
     [job] = fast_jobs(world, 1)
     daemon = Daemon(world.engine, DaemonOptions(gpus=[2, 3], workdir=world.root))
-    claimed = jobs.claim(world.engine, daemon.worker_id, "2,3", 60)
+    claimed = claims.claim(world.engine, daemon.worker_id, "2,3", 60)
     env = daemon.child_env(claimed)
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
-    assert env["EXPCTL_JOB_ID"] == str(job.id) and env["EXPCTL_ATTEMPT"] == "1" and env["EXPCTL_RESUME"] == "0"
+    assert env["EXPCTL_JOB_ID"] == str(job.id) and env["EXPCTL_ATTEMPT"] == "1" and "EXPCTL_RESUME" not in env
     command = daemon.child_command(claimed)
     assert env["EXPCTL_JOB_UUID"] == job.uuid and len(job.uuid) == 32
     assert command[1:3] == ["-m", "expctl_fastapp"]
@@ -195,8 +196,8 @@ class BrokenTracker(Tracker):
 
 def test_a_failing_tracker_never_stops_the_queue(world: Env, caplog: pytest.LogCaptureFixture,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from expctl.daemon import Daemon, DaemonOptions
-    from expctl.tracking import SafeTracker
+    from expctl.daemon.loop import Daemon, DaemonOptions
+    from expctl.tracking.hooks import SafeTracker
 
     created = fast_jobs(world, 2)
     monkeypatch.setenv("EXPCTL_TEST_RECORD", str(world.record))
@@ -227,7 +228,7 @@ def test_first_use_by_several_processes_migrates_once(tmp_path) -> None:  # noqa
     for process in processes:
         _out, err = process.communicate(timeout=120)
         assert process.returncode == 0, err
-    from expctl import db
+    from expctl.store import db
 
     engine = db.create_engine(url)
     assert db.current_revision(engine) == db.SCHEMA_REVISION
@@ -251,7 +252,7 @@ def test_a_cancel_sticks_when_the_daemon_dies_stops_or_the_child_fails_first(any
     child_pid = int(wait_for(lambda: world.records(), 60, "the job to start")[0][3])
     daemon.send_signal(signal.SIGSTOP)
     wait_for(lambda: _stopped(daemon.pid), 10, "the daemon to freeze")
-    assert jobs.cancel(world.engine, job.id) == "cancel requested"
+    assert actions.cancel(world.engine, job.id) == "cancel requested"
     if path == "kill -9":
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(10)
@@ -314,12 +315,12 @@ def test_nothing_the_job_started_outlives_it_not_even_setsid_helpers(world: Env,
                    f"ignore_sigterm: {'true' if 'ignored' in way else 'false'}\n")
     [job] = jobs.enqueue(world.engine, [jobs.NewJob(
         app="expctl_escape_app", base="config", overrides=(), config_yaml=config_yaml,
-        config_hash=specs.config_hash("expctl_escape_app", config_yaml), name="escape", max_attempts=1)])
+        config_hash=compose.config_hash("expctl_escape_app", config_yaml), name="escape", max_attempts=1)])
     daemon = world.daemon("--gpus", "none", "--grace", "1", "--until-empty", "--apps", "expctl_escape_app")
     escaped = wait_for(lambda: pid_file.exists() and len(pid_file.read_text().split()) == 2 and
                        [int(pid) for pid in pid_file.read_text().split()], 60, "both helpers to start")
     assert all(pid_alive(pid) for pid in escaped)
-    from expctl.child import _children_of
+    from expctl.daemon.child import _children_of
 
     [shepherd] = _children_of(daemon.pid)  # leads the job's session and process group
     assert os.getsid(shepherd) == shepherd
@@ -331,7 +332,7 @@ def test_nothing_the_job_started_outlives_it_not_even_setsid_helpers(world: Env,
         assert status(world, job.id) == "running"  # until its lease expires
         return
     if way != "job ends":
-        jobs.cancel(world.engine, job.id)
+        actions.cancel(world.engine, job.id)
     assert daemon.wait(60) == 0, world.daemon_logs()
     wait_for(lambda: not any(pid_alive(pid) for pid in escaped), 10, "the escaped helpers to die")
     done = jobs.get_job(world.engine, job.id)
@@ -373,7 +374,7 @@ def test_the_listen_watcher_reconnects_after_postgresql_drops_it(pg_world: Env) 
 @pytest.mark.parametrize("change", ["deleted while a job runs", "replaced while idle"])
 def test_a_daemon_stops_when_its_sqlite_queue_file_is_deleted_or_replaced(world: Env, change: str) -> None:
     """An open SQLite connection keeps working on a deleted file (split brain): the daemon notices and stops."""
-    from expctl import db
+    from expctl.store import db
 
     path = world.root / "queue" / "expctl.db"
     running = change.startswith("deleted")

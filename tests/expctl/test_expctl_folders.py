@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from expctl import jobs, specs
+from expctl.store import jobs
+from expctl.specs import compose
 
 from expctl_helpers import Env
 from test_expctl_cli import assert_error_line
@@ -53,19 +54,27 @@ def test_job_folders_are_unique_across_queue_databases(tmp_path, any_db_url: str
         new.close()
 
 
+def absolute(world: Env, folder: str) -> str:
+    """How the queue stores an exp_dir: absolute, against the daemon's work folder (EXPCTL_WORKDIR)."""
+    return os.path.realpath(world.root / folder)
+
+
 def test_an_explicit_exp_dir_belongs_to_one_job(any_world: Env) -> None:
     world = any_world
     [first] = _ids(world.run("enqueue", "config", "exp_dir=runs/a", "lr=1", *FAST, check=True))
-    assert jobs.get_job(world.engine, first).exp_dir == "runs/a"
-    # another config in the same folder: refused with one line, nothing written
-    refused = world.run("enqueue", "config", "exp_dir=runs/./a/", "lr=2", *FAST)
-    assert_error_line(refused, "exp_dir 'runs/a' is the folder of job 1 (queued)", "leave exp_dir unset")
+    assert jobs.get_job(world.engine, first).exp_dir == absolute(world, "runs/a")
+    # another config in the same folder, however it is spelled: refused with one line, nothing written
+    for spelling in ("runs/./a/", "runs/a/", "runs//a", "runs/b/../a", absolute(world, "runs/a"),
+                     f"{world.root}/runs/a/."):
+        refused = world.run("enqueue", "config", f"exp_dir={spelling}", "lr=2", *FAST)
+        assert_error_line(refused, f"exp_dir '{absolute(world, 'runs/a')}' is the folder of job 1 (queued)",
+                          "leave exp_dir unset")
     assert [job.id for job in jobs.list_jobs(world.engine)] == [first]
-    # two lines of one queue file naming one folder: refused as a whole
+    # two lines of one queue file naming one folder by two spellings: refused as a whole
     queue = world.root / "two.txt"
-    queue.write_text("config|exp_dir=runs/b|lr=1\nconfig|exp_dir=runs/b|lr=2\n")
-    assert_error_line(world.run("enqueue", "--file", str(queue), *FAST), "line 2", "same exp_dir 'runs/b'",
-                      "line 1")
+    queue.write_text(f"config|exp_dir=runs/b|lr=1\nconfig|exp_dir={world.root}/runs/./b/|lr=2\n")
+    assert_error_line(world.run("enqueue", "--file", str(queue), *FAST), "line 2",
+                      f"same exp_dir '{absolute(world, 'runs/b')}'", "line 1")
     assert len(jobs.list_jobs(world.engine)) == 1
     # a succeeded job keeps its folder; a failed or cancelled one gives it up
     daemon = world.daemon("--gpus", "none", "--until-empty")
@@ -78,7 +87,8 @@ def test_an_explicit_exp_dir_belongs_to_one_job(any_world: Env) -> None:
     assert jobs.get_job(world.engine, failing).status == "failed"
     [again] = _ids(world.run("enqueue", "config", "exp_dir=runs/c", "lr=4", *FAST, check=True))
     # ... and cannot take it back while the new owner holds it
-    assert_error_line(world.run("retry", str(failing)), f"job {failing}: its exp_dir 'runs/c' now belongs to job {again}")
+    assert_error_line(world.run("retry", str(failing)),
+                      f"job {failing}: its exp_dir '{absolute(world, 'runs/c')}' now belongs to job {again}")
     assert jobs.get_job(world.engine, failing).status == "failed"
     world.run("cancel", str(again), check=True)
     world.run("retry", str(failing), check=True)
@@ -89,17 +99,24 @@ def test_a_sweep_with_one_exp_dir_gives_each_job_a_subfolder(any_world: Env) -> 
     world = any_world
     result = world.run("enqueue", "config", "exp_dir=runs/grid", "lr=0.1,0.2", "depth=2", *FAST, check=True)
     members = [jobs.get_job(world.engine, job_id) for job_id in _ids(result)]
-    assert [job.exp_dir for job in members] == ["runs/grid/1_lr=0.1", "runs/grid/2_lr=0.2"]
+    assert [job.exp_dir for job in members] == [absolute(world, "runs/grid/1_lr=0.1"),
+                                                absolute(world, "runs/grid/2_lr=0.2")]
     assert "exp_dir: runs/grid/1_lr=0.1\n" in members[0].config_yaml and "lr: 0.1\n" in members[0].config_yaml
     assert members[0].override_list[-1] == "exp_dir='runs/grid/1_lr=0.1'"
     assert members[0].name == "config exp_dir=runs/grid lr=0.1 depth=2"  # the names stay as typed
-    assert members[0].config_hash == specs.config_hash("expctl_fastapp", members[0].config_yaml)
+    assert members[0].config_hash == compose.config_hash("expctl_fastapp", members[0].config_yaml)
     # the subfolders are owned like any exp_dir: the same sweep again is refused
     assert_error_line(world.run("enqueue", "config", "exp_dir=runs/grid", "lr=0.1,0.2", "depth=3", *FAST),
-                      "exp_dir 'runs/grid/1_lr=0.1' is the folder of job")
+                      f"exp_dir '{absolute(world, 'runs/grid/1_lr=0.1')}' is the folder of job")
     # a swept exp_dir needs no subfolders
     swept = world.run("enqueue", "config", "exp_dir=runs/x,runs/y", *FAST, check=True)
-    assert [jobs.get_job(world.engine, job_id).exp_dir for job_id in _ids(swept)] == ["runs/x", "runs/y"]
+    assert [jobs.get_job(world.engine, job_id).exp_dir for job_id in _ids(swept)] == [absolute(world, "runs/x"),
+                                                                                      absolute(world, "runs/y")]
+    # one folder swept under two spellings is one folder: subfolders again
+    spelled = world.run("enqueue", "config", f"exp_dir=runs/z,{world.root}/runs/z/", *FAST, check=True)
+    folders = [jobs.get_job(world.engine, job_id).exp_dir for job_id in _ids(spelled)]
+    assert [os.path.dirname(folder) for folder in folders] == [absolute(world, "runs/z")] * 2
+    assert [os.path.basename(folder)[:2] for folder in folders] == ["1_", "2_"]
 
 
 def test_the_training_app_default_exp_dir_is_the_job_folder_and_a_sweep_splits_an_explicit_one(world: Env) -> None:
@@ -108,7 +125,8 @@ def test_the_training_app_default_exp_dir_is_the_job_folder_and_a_sweep_splits_a
     assert jobs.get_job(world.engine, plain).exp_dir is None
     result = world.run("enqueue", "config", "optimizer.learning_rate=0.001,0.002", "exp_dir=runs/lr", check=True)
     members = [jobs.get_job(world.engine, job_id) for job_id in _ids(result)]
-    assert [job.exp_dir for job in members] == ["runs/lr/1_learning_rate=0.001", "runs/lr/2_learning_rate=0.002"]
+    assert [job.exp_dir for job in members] == [absolute(world, "runs/lr/1_learning_rate=0.001"),
+                                                absolute(world, "runs/lr/2_learning_rate=0.002")]
     listing = {job["id"]: job for job in json.loads(world.run("list", "--json", check=True).stdout)}
     assert listing[plain]["exp_dir"] == listing[plain]["job_dir"]
     assert listing[members[1].id]["exp_dir"] == str(world.root / "runs" / "lr" / "2_learning_rate=0.002")
@@ -120,7 +138,7 @@ def test_jobs_queued_before_the_migration_keep_their_folder(tmp_path, any_db_url
     from alembic import command
     from sqlalchemy import text
 
-    from expctl import db
+    from expctl.store import db
 
     engine = db.create_engine(any_db_url, migrate=False)
     try:
@@ -135,8 +153,9 @@ def test_jobs_queued_before_the_migration_keep_their_folder(tmp_path, any_db_url
         assert old.uuid is None and jobs.job_folder(old) == "1"
         config_yaml = "n: 2\nexp_dir: runs/new\n"
         [new] = jobs.enqueue(engine, [jobs.NewJob(app="expctl_fastapp", base="config", overrides=(),
-                                                  config_yaml=config_yaml, name="new",
-                                                  config_hash=specs.config_hash("expctl_fastapp", config_yaml))])
-        assert jobs.job_folder(new) == f"2-{new.uuid}" and new.exp_dir == "runs/new"  # found in the config
+                                                  config_yaml=config_yaml, name="new", exp_dir="runs/new",
+                                                  config_hash=compose.config_hash("expctl_fastapp", config_yaml))])
+        assert jobs.job_folder(new) == f"2-{new.uuid}"
+        assert new.exp_dir == os.path.realpath("runs/new")  # stored absolute
     finally:
         engine.dispose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from expctl import jobs
+from expctl.store import jobs
 
 from expctl_helpers import Env
 from test_expctl_cli import TESTAPP, assert_error_line

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from expctl import jobs, specs
+from expctl.store import actions, jobs
+from expctl.specs import compose
 
 from expctl_helpers import Env
 from test_expctl_cli import TESTAPP
@@ -20,9 +21,9 @@ def test_list_show_and_workers_print_json(any_world: Env) -> None:
     config_yaml = "exp_dir: 'runs/own dir'\nexit_code: 3\n"
     [own] = jobs.enqueue(world.engine, [jobs.NewJob(
         app="expctl_fastapp", base="config", overrides=("exp_dir=runs/own",), config_yaml=config_yaml,
-        config_hash=specs.config_hash("expctl_fastapp", config_yaml), name="own dir", max_attempts=1, priority=9)])
+        config_hash=compose.config_hash("expctl_fastapp", config_yaml), name="own dir", max_attempts=1, priority=9)])
     jobs.set_tracking(world.engine, own.id, "abc123", "sqlite:///mlflow.db")
-    jobs.cancel(world.engine, 1)
+    actions.cancel(world.engine, 1)
     daemon = world.daemon("--gpus", "none", "--until-empty", "--once")
     assert daemon.wait(120) == 0, world.daemon_logs()
 

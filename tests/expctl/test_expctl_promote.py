@@ -21,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-from expctl import promote
+from expctl.tracking import promote
 from expctl_helpers import Env
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
@@ -163,7 +163,7 @@ def test_the_best_succeeded_run_of_a_queued_sweep_becomes_a_version(world: Env, 
                        "config", "wer=0.5,0.2,0.3,0.1", "fail_below=0.15", f"model_code={code}", check=True)
     assert "sweep 1: queued 4 jobs (1, 2, 3, 4)" in queued.stdout, queued.stdout
     run_queue(world, "expctl_promote_app")
-    from expctl import jobs
+    from expctl.store import jobs
 
     by_id = {job.id: job for job in jobs.list_jobs(world.engine, sweep_id=1)}
     assert [by_id[i].status for i in (1, 2, 3, 4)] == ["succeeded", "succeeded", "succeeded", "failed"]
@@ -222,7 +222,7 @@ def test_refusals_are_one_line_and_register_nothing(flavour: str, tmp_path: Path
         world.run("enqueue", "--app", "expctl_fastapp", "config", "n=1,2,3", check=True)  # sweep 1
         world.run("enqueue", "--app", "expctl_fastapp", "config", "n=7", check=True)  # a job, no sweep
         run_queue(world, "expctl_fastapp")
-        from expctl import jobs
+        from expctl.store import jobs
 
         sweep_jobs = jobs.list_jobs(world.engine, sweep_id=1)
         assert [job.status for job in sweep_jobs] == ["succeeded"] * 3
@@ -313,7 +313,7 @@ def test_promote_through_a_real_mlflow_server(world: Env, mlflow_server: str, ap
     world = tracked(world, mlflow_server, apps)
     world.run("enqueue", "--app", "expctl_fastapp", "config", "n=1,2", check=True)
     run_queue(world, "expctl_fastapp")
-    from expctl import jobs
+    from expctl.store import jobs
 
     first, second = jobs.list_jobs(world.engine, sweep_id=1)
     assert first.tracking_uri == mlflow_server and second.status == "succeeded"

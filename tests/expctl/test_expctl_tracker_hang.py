@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from expctl import jobs
+from expctl.store import jobs
 
 from expctl_helpers import Env, wait_for
 

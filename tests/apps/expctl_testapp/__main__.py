@@ -57,7 +57,7 @@ def main(config: AppConfig) -> None:
     """Record this run, then sleep and exit as configured."""
     job_id = os.environ.get("EXPCTL_JOB_ID", "-")
     attempt = os.environ.get("EXPCTL_ATTEMPT", "-")
-    resume = os.environ.get("EXPCTL_RESUME", "0")
+    resume = "1" if attempt.isdigit() and int(attempt) > 1 else "0"  # a retry resumes
     if config.record:
         _append(config.record, f"{job_id} {attempt} {resume} {os.getpid()} {STARTED_AT:.6f} {config.tag}")
     print(f"testapp: job {job_id} attempt {attempt} lr={config.lr} sizes={list(config.model.sizes)}", flush=True)

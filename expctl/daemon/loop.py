@@ -2,7 +2,7 @@
 
 Single-threaded on purpose: the heartbeat runs in the main loop while the child runs, so the
 shepherd is always forked from the main thread (``PR_SET_PDEATHSIG`` follows the forking thread).
-The one exception: a tracker call runs in a helper thread (``expctl.tracking.SafeTracker``), so a
+The one exception: a tracker call runs in a helper thread (``expctl.tracking.hooks.SafeTracker``), so a
 tracker that hangs is given up after ``EXPCTL_TRACKER_TIMEOUT`` while the claimed job keeps its
 heartbeat; such a thread may still be blocked in a socket read when the shepherd is forked (the
 shepherd only makes plain system calls, so it takes none of that thread's locks). Idle polling is cheap: SQLite's
@@ -13,6 +13,7 @@ LISTEN/NOTIFY; a real claim is tried only when something changed, or every ``SAF
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -27,12 +28,15 @@ from typing import Any, Callable
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from expctl import child as child_process
-from expctl import jobs
-from expctl.db import DatabaseFileWatch
-from expctl.gpus import GpuLocks, format_gpus
-from expctl.specs import DEFAULT_APP
-from expctl.tracking import SafeTracker, get_tracker
+from expctl.daemon import child as child_process
+from expctl.daemon.gpus import GpuLocks, format_gpus
+from expctl.errors import UserError, first_line
+from expctl.files import atomic_path, write_atomically
+from expctl.specs.compose import DEFAULT_APP
+from expctl.store import claims, jobs
+from expctl.store.db import DatabaseFileWatch
+from expctl.tracking.hooks import SafeTracker
+from expctl.tracking.trackers import get_tracker
 
 logger = logging.getLogger("expctl.daemon")
 
@@ -56,7 +60,7 @@ class DaemonOptions:
     drain: bool = False
     workdir: Path = field(default_factory=Path.cwd)
     grace_s: float = 10.0
-    backoff_s: float = jobs.DEFAULT_BACKOFF_S
+    backoff_s: float = claims.DEFAULT_BACKOFF_S
     pause_s: float = 30.0  # no claims for this long after the work folder could not be written
     # The apps (python -m modules) this daemon runs: anyone who can write to the queue names the
     # module, so a daemon must not run every installed module on its GPUs.
@@ -64,7 +68,6 @@ class DaemonOptions:
 
     def validate(self) -> None:
         """Refuse nonsense values."""
-        from expctl.errors import UserError
 
         if self.lease_s < 1.0:
             raise UserError(f"--lease must be at least 1 second, not {self.lease_s:g}")
@@ -113,7 +116,7 @@ class ChangeWatcher:
             self._retry_at = None
         except Exception as error:  # noqa: BLE001 - polling still works without a watcher
             logger.warning("change watcher unavailable (%s); polling by claiming, retrying in %.0f s",
-                           _first_line(error), self.RECONNECT_S)
+                           first_line(error), self.RECONNECT_S)
             self.close()
             self._retry_at = time.monotonic() + self.RECONNECT_S
 
@@ -156,7 +159,7 @@ class ChangeWatcher:
             return changed
         except Exception as error:  # noqa: BLE001
             logger.warning("change watcher failed (%s); polling by claiming, reconnecting in %.0f s",
-                           _first_line(error), self.RECONNECT_S)
+                           first_line(error), self.RECONNECT_S)
             self.close()
             self._retry_at = time.monotonic() + self.RECONNECT_S
             return True
@@ -240,7 +243,7 @@ class Daemon:
         previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
         watcher: ChangeWatcher | None = None
         try:
-            jobs.register_worker(self.engine, self.worker_id, self.host, os.getpid(), self.gpu_text or "none")
+            claims.register_worker(self.engine, self.worker_id, self.host, os.getpid(), self.gpu_text or "none")
             logger.info("worker %s started (GPUs %s, apps %s)", self.worker_id, self.gpu_text or "none",
                     ",".join(self.options.apps))
             watcher = ChangeWatcher(self.engine, name=f"expctl-watch {self.worker_id}")
@@ -265,10 +268,10 @@ class Daemon:
                         if self.options.once:
                             break
                         continue
-                    if self.options.until_empty and not jobs.has_unfinished(self.engine, self.options.apps):
+                    if self.options.until_empty and not claims.has_unfinished(self.engine, self.options.apps):
                         self._mark_untrusted()
                         logger.info("queue empty: exiting%s", " (jobs of untrusted apps left queued)"
-                                    if jobs.has_unfinished(self.engine) else "")
+                                    if claims.has_unfinished(self.engine) else "")
                         break
                 try_claim = watcher.wait(self.options.poll_s, lambda: self.stopping)
         finally:
@@ -277,7 +280,7 @@ class Daemon:
             if self.fatal is None:  # not into a deleted or foreign queue
                 self._sync_tracking(final=True)
                 try:
-                    jobs.stop_worker(self.engine, self.worker_id)
+                    claims.stop_worker(self.engine, self.worker_id)
                 except SQLAlchemyError as error:
                     logger.warning("could not record the worker's exit: %s", error)
             self.locks.release()
@@ -288,9 +291,9 @@ class Daemon:
 
     def _claim(self) -> jobs.Job | None:
         try:
-            return jobs.claim(self.engine, self.worker_id, self.gpu_text, self.options.lease_s, self.options.apps)
+            return claims.claim(self.engine, self.worker_id, self.gpu_text, self.options.lease_s, self.options.apps)
         except SQLAlchemyError as error:
-            logger.warning("claim failed (will retry): %s", _first_line(error))
+            logger.warning("claim failed (will retry): %s", first_line(error))
             return None
 
     def _periodic(self) -> None:
@@ -298,12 +301,12 @@ class Daemon:
         if current >= self._next_reap:
             self._next_reap = current + max(0.5, min(self.options.lease_s / 2, 10.0))
             try:
-                for job, outcome in jobs.requeue_expired(self.engine, self.worker_id, self._recorded_exit,
+                for job, outcome in claims.requeue_expired(self.engine, self.worker_id, self._recorded_exit,
                                                          self.options.backoff_s):
                     logger.info("job %d: %s", job.id, outcome.reason)
                     self._track_end(job, outcome, self.job_dir(job) / "job.log")
             except SQLAlchemyError as error:
-                logger.warning("requeueing expired jobs failed: %s", _first_line(error))
+                logger.warning("requeueing expired jobs failed: %s", first_line(error))
             self._mark_untrusted()
         if self.tracker.unsynced and current >= self._next_tracking_sync:
             self._next_tracking_sync = current + TRACKING_SYNC_S
@@ -311,18 +314,18 @@ class Daemon:
         if current >= self._next_touch:
             self._next_touch = current + 10.0
             try:
-                jobs.touch_worker(self.engine, self.worker_id)
+                claims.touch_worker(self.engine, self.worker_id)
             except SQLAlchemyError as error:
-                logger.warning("worker heartbeat failed: %s", _first_line(error))
+                logger.warning("worker heartbeat failed: %s", first_line(error))
 
     def _mark_untrusted(self) -> None:
         """Say (once per job) why queued jobs of apps this daemon does not trust are not started."""
         try:
-            for job_id, app in jobs.mark_untrusted(self.engine, self.worker_id, self.options.apps):
+            for job_id, app in claims.mark_untrusted(self.engine, self.worker_id, self.options.apps):
                 logger.warning("job %d: not started: app %r is not in --apps %s", job_id, app,
                                ",".join(self.options.apps))
         except SQLAlchemyError as error:
-            logger.warning("marking jobs of untrusted apps failed: %s", _first_line(error))
+            logger.warning("marking jobs of untrusted apps failed: %s", first_line(error))
 
     # -------------------------------------------------------------- one job
 
@@ -353,15 +356,13 @@ class Daemon:
                     return
             elif link.exists():
                 return
-            temporary = link.with_name(f".{job.id}.{os.getpid()}.link")
-            temporary.unlink(missing_ok=True)
-            os.symlink(target, temporary)
-            os.replace(temporary, link)
+            with atomic_path(link) as temporary:
+                os.symlink(target, temporary)
         except OSError as error:
             logger.debug("job %d: no %s link: %s", job.id, link, error)
 
     def child_env(self, job: jobs.Job) -> dict[str, str]:
-        """The daemon's environment plus the job's GPUs, identity and resume flag."""
+        """The daemon's environment plus the job's GPUs and identity (docs/contract.md)."""
         env = dict(os.environ)
         env.update(
             CUDA_VISIBLE_DEVICES=self.gpu_text,
@@ -370,7 +371,6 @@ class Daemon:
             EXPCTL_JOB_UUID=job.uuid or "",  # the job's identity across queue databases (its checkpoints record it)
             EXPCTL_ATTEMPT=str(job.attempt),
             EXPCTL_WORKER_ID=self.worker_id,
-            EXPCTL_RESUME="1" if job.attempt > 1 else "0",
         )
         env.update(self.tracker.child_env(job))
         return env
@@ -382,7 +382,6 @@ class Daemon:
     def _recorded_exit(self, job: jobs.Job) -> int | None:
         """The exit code that this attempt's shepherd recorded in the job's folder, if any (for the reaper).
         Only this machine's folder is looked at: daemons on other machines have their own."""
-        import json
 
         try:
             record = json.loads(self.exit_record(job).read_text(encoding="utf-8"))
@@ -403,9 +402,7 @@ class Daemon:
         logger.info("job %d (%s): attempt %d", job.id, job.name, job.attempt)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            temporary = folder / f".config.yaml.{os.getpid()}"
-            temporary.write_text(job.config_yaml, encoding="utf-8")
-            os.replace(temporary, folder / "config.yaml")
+            write_atomically(folder / "config.yaml", job.config_yaml)
             self.exit_record(job).unlink(missing_ok=True)
             self._write_log(log_path, f"job {job.id} attempt {job.attempt} on {self.worker_id}, "
                                       f"GPUs {self.gpu_text or 'none'}")
@@ -415,7 +412,7 @@ class Daemon:
             reason = f"cannot write the work folder {folder}: {error.strerror or error}"
             logger.error("job %d: %s; back to the queue (attempt not charged); pausing %g s", job.id, reason,
                          self.options.pause_s)
-            outcome = self._guarded(lambda: jobs.requeue_own(self.engine, job, self.worker_id, reason))
+            outcome = self._guarded(lambda: claims.requeue_own(self.engine, job, self.worker_id, reason))
             if outcome is not None:
                 self._track_end(job, outcome, None)
             self._paused_until = time.monotonic() + self.options.pause_s
@@ -440,14 +437,14 @@ class Daemon:
             self._check_database()
             if self.fatal is not None:
                 code = child.terminate(self.options.grace_s)
-                self._write_log(log_path, f"{self.fatal}: child stopped ({jobs.describe_exit(code)}); "
+                self._write_log(log_path, f"{self.fatal}: child stopped ({claims.describe_exit(code)}); "
                                           "nothing recorded")
                 return
             if self.stop_child:
                 code = child.terminate(self.options.grace_s)
-                reason = f"daemon {self.worker_id} stopped ({jobs.describe_exit(code)})"
+                reason = f"daemon {self.worker_id} stopped ({claims.describe_exit(code)})"
                 self._write_log(log_path, reason)
-                outcome = self._guarded(lambda: jobs.requeue_own(self.engine, job, self.worker_id, reason))
+                outcome = self._guarded(lambda: claims.requeue_own(self.engine, job, self.worker_id, reason))
                 if outcome is not None:
                     logger.info("job %d: %s", job.id, "requeued" if outcome.status == jobs.QUEUED else outcome.reason)
                     if outcome.status != jobs.QUEUED:
@@ -456,13 +453,13 @@ class Daemon:
                 return
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + beat_s
-                beat = self._guarded(lambda: jobs.heartbeat(self.engine, job, self.worker_id, self.options.lease_s))
+                beat = self._guarded(lambda: claims.heartbeat(self.engine, job, self.worker_id, self.options.lease_s))
                 if beat is None:
                     continue  # the database is unreachable: keep the child, try again
                 if not beat.won:
                     code = child.terminate(self.options.grace_s)
                     logger.warning("job %d: lease lost to another worker; child stopped", job.id)
-                    self._write_log(log_path, f"lease lost; child stopped ({jobs.describe_exit(code)})")
+                    self._write_log(log_path, f"lease lost; child stopped ({claims.describe_exit(code)})")
                     return
                 if beat.cancel_requested:
                     cancelled = True
@@ -474,11 +471,11 @@ class Daemon:
         outcome = None
         for _ in range(30):  # a finish must not be lost to a busy database
             try:
-                outcome = jobs.finish(self.engine, job, self.worker_id, code, cancelled=cancelled,
+                outcome = claims.finish(self.engine, job, self.worker_id, code, cancelled=cancelled,
                                       backoff_base_s=self.options.backoff_s)
                 break
             except SQLAlchemyError as error:
-                logger.warning("job %d: recording its end failed (retrying): %s", job.id, _first_line(error))
+                logger.warning("job %d: recording its end failed (retrying): %s", job.id, first_line(error))
                 time.sleep(1.0)
         if outcome is None:
             logger.warning("job %d: no longer ours (lease lost); its end was not recorded", job.id)
@@ -502,7 +499,7 @@ class Daemon:
             nonlocal next_beat
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + beat_s
-                self._guarded(lambda: jobs.heartbeat(self.engine, job, self.worker_id, self.options.lease_s))
+                self._guarded(lambda: claims.heartbeat(self.engine, job, self.worker_id, self.options.lease_s))
                 self._check_database()
 
         self.tracker.while_waiting = keep_lease
@@ -523,7 +520,7 @@ class Daemon:
             return job
         return dataclasses.replace(job, tracking_run_id=current.tracking_run_id, tracking_uri=current.tracking_uri)
 
-    def _track_end(self, job: jobs.Job, outcome: jobs.Outcome, log_path: Path | None) -> None:
+    def _track_end(self, job: jobs.Job, outcome: claims.Outcome, log_path: Path | None) -> None:
         """The run follows the job: SCHEDULED again when it was requeued, else ended like the job."""
         job = self._with_current_tracking(job)
         if outcome.status == jobs.QUEUED:
@@ -560,11 +557,6 @@ class Daemon:
         try:
             return action()
         except SQLAlchemyError as error:
-            logger.warning("database error (will retry): %s", _first_line(error))
+            logger.warning("database error (will retry): %s", first_line(error))
             return None
-
-
-def _first_line(error: BaseException) -> str:
-    message = str(getattr(error, "orig", None) or error).strip()
-    return message.splitlines()[0] if message else type(error).__name__
 

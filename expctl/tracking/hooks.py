@@ -3,8 +3,8 @@
 The daemon and ``enqueue`` call a :class:`Tracker` at each step of a job's life. Every call goes
 through :class:`SafeTracker`, which logs a tracker's first failure per hook and carries on: a
 tracker can never stop the queue. It also remembers the jobs whose tracking failed, so that the
-daemon (or ``expctl tracking sync``) can bring their runs up to date later. Select a tracker
-with ``--tracking none|mlflow`` or ``EXPCTL_TRACKING`` (default ``mlflow``).
+daemon (or ``expctl tracking sync``) can bring their runs up to date later. Trackers are
+chosen in :mod:`expctl.tracking.trackers`.
 
 A tracker that hangs (a server that accepts connections and never answers) cannot hold the queue
 either: each hook runs in a helper thread and is given up after ``EXPCTL_TRACKER_TIMEOUT`` seconds
@@ -16,7 +16,6 @@ creates late is not stored on its job; the sync creates the job's run then.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import threading
@@ -28,8 +27,6 @@ from expctl.errors import UserError
 
 logger = logging.getLogger("expctl.tracking")
 
-TRACKERS = ("none", "mlflow")
-DEFAULT_TRACKER = "mlflow"
 DEFAULT_TIMEOUT_S = 10.0
 WAIT_SLICE_S = 0.1  # how often ``while_waiting`` runs while a hook is out
 
@@ -41,7 +38,7 @@ class TrackingPaused(ConnectionError):
 class Tracker:
     """No-op tracker: the interface a tracking backend implements.
 
-    ``job`` is an :class:`expctl.jobs.Job` (frozen dataclass of the job's row).
+    ``job`` is an :class:`expctl.store.jobs.Job` (frozen dataclass of the job's row).
     """
 
     name = "none"
@@ -182,10 +179,12 @@ class SafeTracker(Tracker):
             with lock:
                 return len(created)
 
-        self._call("on_enqueue_many", None, list(jobs), record, progress=count)
+        failed = object()
+        outcome = self._call("on_enqueue_many", failed, list(jobs), record, progress=count)
         with lock:
             result = dict(created)
-        self.unsynced.update(job.id for job in jobs if job.id not in result)
+        if outcome is failed:  # a tracker that creates no runs (none) leaves nothing to catch up
+            self.unsynced.update(job.id for job in jobs if job.id not in result)
         return result
 
     def child_env(self, job: Any) -> dict[str, str]:
@@ -224,26 +223,3 @@ def timeout_from_environment() -> float:
     if not 0 <= value <= 86400:
         raise UserError(f"EXPCTL_TRACKER_TIMEOUT={text[:40]!r}: expected seconds between 0 and 86400")
     return value
-
-
-def get_tracker(name: str | None = None) -> SafeTracker:
-    """The tracker called ``name`` (default ``EXPCTL_TRACKING``, else MLflow), wrapped in SafeTracker.
-
-    Cheap: MLflow is imported when the tracker first talks to it. Without the ``mlflow`` package
-    the default falls back to ``none`` (with a warning); asking for ``mlflow`` explicitly fails.
-    """
-    explicit = name or os.environ.get("EXPCTL_TRACKING")
-    choice = (explicit or DEFAULT_TRACKER).strip().lower()
-    if choice == "none":
-        return SafeTracker(Tracker(), timeout_s=0)  # nothing to wait for: no helper threads
-    if choice == "mlflow":
-        if importlib.util.find_spec("mlflow") is None:
-            if explicit:
-                raise UserError("--tracking mlflow needs the mlflow package (pip install mlflow); "
-                                "use --tracking none")
-            logger.warning("mlflow is not installed: experiments are not tracked (--tracking none)")
-            return SafeTracker(Tracker())
-        from expctl.mlflow_tracker import MlflowTracker
-
-        return SafeTracker(MlflowTracker())
-    raise UserError(f"unknown tracker {choice!r}: choose one of {', '.join(TRACKERS)}")

@@ -16,6 +16,7 @@ is registered. MLflow is imported only here, when a promotion asks for it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -26,11 +27,14 @@ from typing import Any, Iterator
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from expctl import jobs as jobs_module
-from expctl.db import read_connection
-from expctl.errors import UserError
-from expctl.schema import jobs as jobs_table
-from expctl.schema import sweeps as sweeps_table
+from expctl.store import jobs as jobs_module
+from expctl.store.db import read_connection
+from expctl.errors import UserError, first_line
+from expctl.store.schema import jobs as jobs_table
+from expctl.store.schema import sweeps as sweeps_table
+from expctl.tracking.mlflow_data import tracking_uri
+from expctl.tracking.mlflow_runs import REQUEST_ERROR_CODES, MlflowTracker
+from expctl.tracking.trackers import TRACKERS
 
 MODEL_ARTIFACT = "model"  # the name every tracked training run logs its MLflow Model under
 SEARCH_CHUNK = 100  # run ids per search_runs request
@@ -141,9 +145,7 @@ class Promotion:
 
 def check_tracking(tracking: str | None) -> None:
     """Refuse a promotion when tracking is off (``--tracking none``) or MLflow is not installed."""
-    import importlib.util
 
-    from expctl.tracking import TRACKERS
 
     explicit = tracking or os.environ.get("EXPCTL_TRACKING")
     choice = (explicit or "mlflow").strip().lower()
@@ -181,23 +183,15 @@ def _check_names(name: str, alias: str | None, metric: str) -> None:
         try:
             check(value)
         except MlflowException as error:
-            raise UserError(f"{option} {value!r}: {_first_line(error)}") from None
-
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    message = getattr(error, "message", None) or str(error)
-    lines = str(message).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:limit]
+            raise UserError(f"{option} {value!r}: {first_line(error)}") from None
 
 
 def _client(uri: str) -> Any:
-    from expctl.mlflow_tracker import MlflowTracker
 
     return MlflowTracker(uri).client(uri)
 
 
 def _is_request_error(error: BaseException) -> bool:
-    from expctl.mlflow_tracker import REQUEST_ERROR_CODES
 
     return getattr(error, "error_code", None) in REQUEST_ERROR_CODES
 
@@ -290,7 +284,6 @@ def _logged_model(client: Any, run: Any) -> tuple[str, str | None] | None:
 def promote(engine: Engine, sweep_id: int, metric: str, name: str, higher_is_better: bool = False,
             alias: str | None = None, tracking: str | None = None) -> Promotion:
     """Register the best succeeded run of sweep ``sweep_id`` (by ``metric``) as a new version of ``name``."""
-    from expctl.mlflow_tracker import tracking_uri
 
     sweep_jobs = jobs_module.list_jobs(engine, sweep_id=sweep_id)  # UserError: no sweep with id N
     check_tracking(tracking)
@@ -358,7 +351,7 @@ def promote(engine: Engine, sweep_id: int, metric: str, name: str, higher_is_bet
         raise
     except Exception as error:  # noqa: BLE001
         if _is_request_error(error):
-            raise UserError(f"the registry at {uri} refused: {_first_line(error)}") from None
+            raise UserError(f"the registry at {uri} refused: {first_line(error)}") from None
         raise _unavailable(uri, error) from None
     return Promotion(sweep_id=sweep_id, job_id=best.id, run_id=run.info.run_id, uri=uri, metric=metric, value=value,
                      higher_is_better=higher_is_better, name=name, version=str(version.version), source=source,
@@ -416,5 +409,5 @@ def _register_in(client: Any, name: str, source: str, run_id: str, model_id: str
 
 def _unavailable(uri: str, error: BaseException) -> Exception:
     if _is_request_error(error):
-        return UserError(f"MLflow at {uri} refused: {_first_line(error)}")
-    return TrackerUnavailable(f"MLflow at {uri} failed: {_first_line(error)}")
+        return UserError(f"MLflow at {uri} refused: {first_line(error)}")
+    return TrackerUnavailable(f"MLflow at {uri} failed: {first_line(error)}")

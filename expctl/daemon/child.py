@@ -31,6 +31,8 @@ import signal
 import time
 from pathlib import Path
 
+from expctl.files import write_atomically
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
@@ -205,19 +207,12 @@ def start(
 
 
 def _write_exit_record(record: tuple[bytes, bytes] | None, code: int) -> None:
-    """The app's own exit, for a reaper (temporary file + rename, so it is whole or absent)."""
+    """The app's own exit, for a reaper (written atomically, so it is whole or absent)."""
     if record is None:
         return
     path, head = record
-    temporary = path + b".tmp"
     try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(descriptor, head + str(code).encode() + b"}\n")
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.rename(temporary, path)
+        write_atomically(path, head + str(code).encode() + b"}\n", durable=True)
     except OSError:
         pass  # a full or unwritable folder: the daemon still records the end in the database
 

@@ -19,26 +19,32 @@ This module imports MLflow only when it first talks to it: ``expctl list`` stays
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
+import logging
 import os
-import re
 import socket
-import subprocess
 import time
-import urllib.parse
-import urllib.request
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from expctl.tracking import TrackingPaused
+from expctl.errors import first_line
+from expctl.tracking.hooks import TrackingPaused
+from expctl.tracking.mlflow_data import (
+    METRICS_FILE,
+    RESULT_FILE,
+    flatten,
+    git_commit,
+    numeric_leaves,
+    read_metrics_lines,
+    tracking_uri,
+)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RETRY_AFTER_S = 60.0
-PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param's value
 TAG_VALUE_LIMIT = 5000
 BATCH_LIMIT = 100  # params or tags per log_batch
 ENQUEUE_THREADS = 8  # runs created side by side when many jobs are queued at once
@@ -61,115 +67,6 @@ RUN_STATUS = {"queued": "SCHEDULED", "running": "RUNNING", "succeeded": "FINISHE
 ENDED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
 JOB_LOG = "job.log"
 CONFIG_ARTIFACT = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-RESULT_FILE = "result.json"
-_INVALID_KEY = re.compile(r"[^\w\-. /]")
-
-
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, or the local SQLite store, made absolute so every process agrees on it."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str(Path(uri[len(prefix):]).resolve())
-    elif "://" not in uri and not uri.startswith(("databricks", "uc")):
-        uri = str(Path(uri).resolve())  # a plain folder (file store)
-    return uri
-
-
-def is_server(uri: str) -> bool:
-    """Whether ``uri`` is a tracking server's address (http or https)."""
-    return uri.startswith(("http://", "https://"))
-
-
-def metric_key(key: str) -> str:
-    """A name MLflow accepts (letters, digits, ``_ - . / space``)."""
-    return _INVALID_KEY.sub("_", str(key))[:250]
-
-
-def flatten(config: Any, prefix: str = "") -> dict[str, str]:
-    """``{"model": {"parameters": {"rnn_sizes": [1]}}}`` → ``{"model.parameters.rnn_sizes": "[1]"}``."""
-    if isinstance(config, dict):
-        flat: dict[str, str] = {}
-        for key, value in config.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat
-    value = json.dumps(config) if isinstance(config, (list, dict)) else str(config)
-    return {metric_key(prefix.rstrip(".")): value[:PARAM_VALUE_LIMIT]}
-
-
-def numeric_leaves(value: Any, prefix: str = "") -> dict[str, float]:
-    """Numbers in nested dicts, keys joined by ``_`` (``{"test": {"wer": 0.3}}`` → ``{"test_wer": 0.3}``).
-
-    Lists, strings and booleans are left out. ``asr.training.tracking`` logs a training's ``result.json``
-    the same way, so both sides agree on the names.
-    """
-    if isinstance(value, dict):
-        found: dict[str, float] = {}
-        for key, item in value.items():
-            found.update(numeric_leaves(item, f"{prefix}{key}_"))
-        return found
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return {metric_key(prefix.rstrip("_")): float(value)}
-    return {}
-
-
-def read_metrics_lines(path: Path) -> list[tuple[int, dict[str, float]]]:
-    """``metrics.jsonl`` lines ``{"epoch": 3, "loss": 1.2, ...}`` as ``(step, {key: value})``.
-
-    The step is the line's ``epoch`` (or ``step``), else its line number; unreadable lines are skipped.
-    """
-    rows: list[tuple[int, dict[str, float]]] = []
-    if not path.is_file():
-        return rows
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(record, dict):
-            continue
-        step_value = record.get("epoch", record.get("step", number))
-        step = int(step_value) if isinstance(step_value, (int, float)) and not isinstance(step_value, bool) else number
-        values = {metric_key(key): float(value) for key, value in record.items()
-                  if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool)}
-        if values:
-            rows.append((step, values))
-    return rows
-
-
-def run_address(run_id: str, uri: str, timeout_s: float = 3.0) -> str:
-    """Where to see a run: its page on a tracking server, or how to open the UI on a local store.
-
-    Does not import MLflow: a server is asked for the run's experiment through its REST API
-    (without an answer the UI's experiment-less ``#/runs/<id>`` route is given).
-    """
-    if is_server(uri):
-        base = uri.rstrip("/")
-        query = urllib.parse.urlencode({"run_id": run_id})
-        try:
-            with urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?{query}", timeout=timeout_s) as answer:
-                experiment_id = json.load(answer)["run"]["info"]["experiment_id"]
-            return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-        except (OSError, ValueError, KeyError):
-            return f"{base}/#/runs/{run_id}"
-    return (f"mlflow ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000/#/runs/{run_id}")
-
-
-@functools.lru_cache(maxsize=1)
-def _git_commit() -> str | None:
-    """The commit checked out in the current folder (asked once per process)."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
 
 
 @dataclass
@@ -184,7 +81,7 @@ class SyncReport:
 
 
 class MlflowTracker:
-    """The ``Tracker`` of :mod:`expctl.tracking` backed by an MLflow tracking server or store.
+    """The ``Tracker`` of :mod:`expctl.tracking.hooks` backed by an MLflow tracking server or store.
 
     A job's run lives at the URI stored on the job (where it was created); new runs go to
     ``uri`` (default :func:`tracking_uri`).
@@ -206,7 +103,6 @@ class MlflowTracker:
         if uri not in self._clients:
             for key, value in FAIL_FAST_ENVIRONMENT.items():
                 os.environ.setdefault(key, value)
-            import logging
 
             from mlflow.tracking import MlflowClient
 
@@ -230,7 +126,7 @@ class MlflowTracker:
             if _is_request_error(error):
                 raise
             self._quiet_until = time.monotonic() + RETRY_AFTER_S
-            raise ConnectionError(f"MLflow at {self.uri} failed ({_first_line(error)}); jobs keep running, "
+            raise ConnectionError(f"MLflow at {self.uri} failed ({first_line(error)}); jobs keep running, "
                                   f"tracking pauses {RETRY_AFTER_S:g} s and `expctl tracking sync` "
                                   "catches up later") from error
 
@@ -276,10 +172,19 @@ class MlflowTracker:
             "mlflow.source.type": "JOB",
             "mlflow.user": os.environ.get("USER") or "expctl",
         }
-        commit = _git_commit()
+        commit = git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
         return {key: value[:TAG_VALUE_LIMIT] for key, value in tags.items()}
+
+    def _planned_run(self, job: Any, config: dict[str, Any]) -> tuple[Any, str, dict[str, str], dict[str, str]]:
+        """What :func:`expctl.tracking.batch.create_runs` writes for a job: experiment, tags, params."""
+        params = {key: value for key, value in flatten(config).items() if key}
+        return job, self._experiment_id(self.uri, config), self._run_tags(job), params
+
+    def _run_tags(self, job: Any) -> dict[str, str]:
+        """The tags a new run gets: the job's, its name and the user (as ``create_run`` writes them)."""
+        return {**self._tags(job), **({"mlflow.runName": job.name} if job.name else {})}
 
     def _set_tags(self, client: Any, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -325,15 +230,24 @@ class MlflowTracker:
         return {"run_id": self._call(lambda: self.create_run(job)), "uri": self.uri}
 
     def on_enqueue_many(self, jobs: list[Any], done: Callable[[Any, dict[str, str]], None]) -> None:
-        """Create the runs of many jobs at once, ``ENQUEUE_THREADS`` requests in flight (a server answers
-        them side by side; MLflow has no call that creates many runs); ``done(job, {"run_id", "uri"})``
-        as each is created. The first failure stops the rest (they are synced later) and is raised."""
-        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+        """Create the runs of many jobs at once; ``done(job, {"run_id", "uri"})`` as each is created.
 
+        On a database store (the default SQLite file) a chunk of runs is written in one transaction
+        (:mod:`expctl.mlflow_batch`); on a tracking server ``ENQUEUE_THREADS`` requests are in flight
+        (a server answers them side by side; MLflow has no call that creates many runs). The first
+        failure stops the rest (they are synced later) and is raised."""
         if not jobs:
             return
         self._call(lambda: self._experiment_id(self.uri, _config_of(jobs[0])))  # once, before the threads
-        self.client(self.uri)
+        client = self.client(self.uri)
+        from expctl.tracking import batch as mlflow_batch  # imports MLflow's store modules: only when runs are made
+
+        store = mlflow_batch.database_store(client)
+        if store is not None:
+            planned = (self._planned_run(job, _config_of(job)) for job in jobs)  # parsed chunk by chunk
+            self._call(lambda: mlflow_batch.create_runs(
+                store, client, planned, lambda job, run_id: done(job, {"run_id": run_id, "uri": self.uri})))
+            return
 
         def create(job: Any) -> None:
             if self.paused:
@@ -500,7 +414,6 @@ def _config_of(job: Any) -> dict[str, Any]:
 
 
 def _with(job: Any, **changes: Any) -> Any:
-    import dataclasses
 
     return dataclasses.replace(job, **changes) if dataclasses.is_dataclass(job) else job
 

@@ -17,7 +17,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
-from expctl.errors import UserError
+from expctl.errors import UserError, first_line
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -188,12 +188,7 @@ def upgrade(engine: Engine, *, only_if_needed: bool = False) -> str:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK_KEY})
             command.upgrade(_alembic_config(connection), "head")
     except OperationalError as error:
-        raise UserError(f"cannot open the queue database {engine.url!r}: {_first_line(error)}") from None
+        raise UserError(f"cannot open the queue database {engine.url!r}: {first_line(error)}") from None
     except SQLAlchemyError as error:
-        raise UserError(f"cannot migrate the queue database {engine.url!r}: {_first_line(error)}") from None
+        raise UserError(f"cannot migrate the queue database {engine.url!r}: {first_line(error)}") from None
     return head
-
-
-def _first_line(error: BaseException) -> str:
-    message = str(getattr(error, "orig", None) or error).strip()
-    return message.splitlines()[0] if message else type(error).__name__

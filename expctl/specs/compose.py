@@ -1,6 +1,6 @@
 """Experiment specs: a base config plus Hydra overrides, composed by the job's own Hydra app.
 
-expctl never imports the app: child processes (``expctl.compose_child``, a few per command, each
+expctl never imports the app: child processes (``expctl.specs.compose_child``, a few per command, each
 composing many specs) run the app as ``python -m APP ... OVERRIDES --cfg job`` would, which prints
 the composed job config (validated by the app's typed schema) without running the task. Sweep overrides (``a=1,2``, ``b=[256],[512]``, ``range(...)``) are expanded
 with Hydra's own override parser and BasicSweeper into one spec per combination.
@@ -167,14 +167,14 @@ def _composed(spec: Spec, code: int, stdout: str, stderr: str) -> ComposedSpec:
 
 
 class _Composer:
-    """One ``python -m expctl.compose_child`` process composing a chunk of specs of one app."""
+    """One ``python -m expctl.specs.compose_child`` process composing a chunk of specs of one app."""
 
     def __init__(self, app: str, chunk: list[tuple[int, Spec]], cwd: str | None) -> None:
         self.chunk = chunk
         self.request = json.dumps({"app": app, "specs": [
             [index, base_arguments(spec.base), list(spec.overrides)] for index, spec in chunk]})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "expctl.compose_child"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-m", "expctl.specs.compose_child"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, env=dict(os.environ), cwd=cwd,
         )
         self.stdout = ""

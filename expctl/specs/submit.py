@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from expctl import jobs, specs
+from expctl.store import jobs
+from expctl.specs import compose
 from expctl.errors import Interrupted, UserError
-from expctl.tracking import SafeTracker
+from expctl.tracking.hooks import SafeTracker
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,7 @@ class Request:
 
     base: str
     overrides: tuple[str, ...] = ()
-    app: str = specs.DEFAULT_APP
+    app: str = compose.DEFAULT_APP
     name: str | None = None
     priority: int = 0
     max_attempts: int = 3
@@ -34,7 +36,7 @@ class Submitted:
     sweep_id: int | None
 
 
-def _plan(request: Request) -> specs.SweepPlan:
+def _plan(request: Request) -> compose.SweepPlan:
     try:
         # bounds first, so that a bad value is refused before anything is composed
         jobs.check_priority(request.priority)
@@ -42,28 +44,29 @@ def _plan(request: Request) -> specs.SweepPlan:
             raise UserError(f"--max-attempts must be between 1 and {jobs.MAX_ATTEMPTS}, not {request.max_attempts}")
         if request.name is not None and len(request.name) > jobs.MAX_NAME_CHARS:
             raise UserError(f"--name is longer than {jobs.MAX_NAME_CHARS} characters")
-        specs.check_sizes(request.base, request.overrides)
-        specs.base_arguments(request.base)
-        return specs.expand(request.app, request.base, list(request.overrides))
+        compose.check_sizes(request.base, request.overrides)
+        compose.base_arguments(request.base)
+        return compose.expand(request.app, request.base, list(request.overrides))
     except UserError as error:
         raise UserError(f"{request.label}: {error}") if request.label else error from None
 
 
-def _own_folders(composed: list[specs.ComposedSpec]) -> list[specs.ComposedSpec]:
-    """A sweep whose jobs would share one explicit exp_dir gives each job a subfolder of it,
-    ``<exp_dir>/<n>_<what differs>``: no two jobs ever write into one folder."""
+def _own_folders(composed: list[compose.ComposedSpec]) -> list[compose.ComposedSpec]:
+    """A sweep whose jobs would share one explicit exp_dir (however it is spelled) gives each job a
+    subfolder of it, ``<exp_dir>/<n>_<what differs>``: no two jobs ever write into one folder."""
     groups: dict[str, list[int]] = {}
     for index, done in enumerate(composed):
-        folder = specs.explicit_exp_dir(done.config_yaml)
+        folder = compose.explicit_exp_dir(done.config_yaml)
         if folder is not None:
             groups.setdefault(jobs.normalize_exp_dir(folder), []).append(index)
     result = list(composed)
-    for folder, indices in groups.items():
+    for indices in groups.values():
         if len(indices) < 2:
             continue
-        names = specs.subfolder_names([composed[index].spec.overrides for index in indices])
+        names = compose.subfolder_names([composed[index].spec.overrides for index in indices])
         for index, name in zip(indices, names):
-            result[index] = specs.with_exp_dir(composed[index], f"{folder}/{name}")
+            typed = os.path.normpath(compose.explicit_exp_dir(composed[index].config_yaml) or ".")
+            result[index] = compose.with_exp_dir(composed[index], f"{typed}/{name}")
     return result
 
 
@@ -79,16 +82,16 @@ def submit(engine: Engine, requests: list[Request], tracker: SafeTracker) -> lis
 def _submit(engine: Engine, requests: list[Request], tracker: SafeTracker) -> list[Submitted]:
     plans = [(request, _plan(request)) for request in requests]
     labelled = [(request.label, spec) for request, plan in plans for spec in plan.specs]
-    composed = iter(specs.compose_all([spec for _label, spec in labelled], [label for label, _spec in labelled]))
+    composed = iter(compose.compose_all([spec for _label, spec in labelled], [label for label, _spec in labelled]))
     batches: list[tuple[list[jobs.NewJob], jobs.NewSweep | None]] = []
     for request, plan in plans:
         items = []
         for spec, done in zip(plan.specs, _own_folders([next(composed) for _spec in plan.specs])):
-            folder = specs.explicit_exp_dir(done.config_yaml)
+            folder = compose.explicit_exp_dir(done.config_yaml)
             if request.name and plan.is_sweep:
                 name = f"{request.name} {' '.join(spec.overrides)}"[:200]
             else:
-                name = request.name or specs.default_name(request.base, spec.overrides)
+                name = request.name or compose.default_name(request.base, spec.overrides)
             items.append(jobs.NewJob(
                 app=request.app, base=request.base, overrides=done.spec.overrides, config_yaml=done.config_yaml,
                 config_hash=done.config_hash, name=name, priority=request.priority,

@@ -1,0 +1,1 @@
+"""The consumer daemon: its loop, the child process it shepherds, GPU locks."""

@@ -1,1 +1,0 @@
-"""Alembic migrations of the queue database (run programmatically by expctl.db)."""

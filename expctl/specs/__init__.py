@@ -1,0 +1,1 @@
+"""Experiment specs: composed with the app's Hydra, read from queue files, submitted as jobs."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the queue database (run programmatically by expctl.store.db)."""

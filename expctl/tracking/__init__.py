@@ -1,0 +1,1 @@
+"""Tracking of jobs: the tracker hooks, MLflow runs of jobs (made, kept in sync, promoted)."""

@@ -1,0 +1,49 @@
+"""The MLflow runs that ``expctl enqueue`` writes in one transaction on a database store are the runs
+MLflow's client makes one by one: same tags, params, name, user, status, start time and config.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from expctl.store import jobs
+from expctl.tracking.mlflow_runs import MlflowTracker
+from expctl_helpers import Env
+
+
+
+def test_a_sweeps_runs_written_in_one_transaction_match_the_clients(world: Env, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    world.vars.update(EXPCTL_TRACKING="mlflow", MLFLOW_TRACKING_URI=uri, EXPCTL_TRACKER_TIMEOUT="120")
+    world.run("enqueue", "--app", "expctl_testapp", "--name", "grid", "config", "tag=a,b,c",
+              "+experiment.name=batch", check=True)
+    queued = jobs.list_jobs(world.engine)
+    assert len(queued) == 3 and all(job.tracking_run_id and job.tracking_uri == uri for job in queued)
+
+    tracker = MlflowTracker(uri)
+    client = tracker.client()
+    for job in queued:
+        batch = client.get_run(job.tracking_run_id)
+        reference = client.get_run(tracker.create_run(job))  # the same job's run, made by MLflow's client
+        assert batch.info.status == reference.info.status == "SCHEDULED"
+        assert batch.info.experiment_id == reference.info.experiment_id
+        assert batch.info.run_name == reference.info.run_name == job.name
+        assert batch.info.user_id == reference.info.user_id
+        assert batch.info.start_time == reference.info.start_time == int(job.created_at * 1000)
+        assert batch.info.lifecycle_stage == reference.info.lifecycle_stage == "active"
+        assert batch.data.params == reference.data.params and batch.data.params["tag"] in "abc"
+        assert batch.data.tags == reference.data.tags
+        assert batch.data.tags["expctl.job_id"] == str(job.id)
+        assert [artifact.path for artifact in client.list_artifacts(batch.info.run_id)] == ["config.yaml"]
+        text = Path(client.download_artifacts(batch.info.run_id, "config.yaml", str(tmp_path))).read_text()
+        assert text == job.config_yaml
+
+    # The runs live on as the client's do: the claim's status change, a search.
+    client.update_run(queued[0].tracking_run_id, status="RUNNING")
+    assert client.get_run(queued[0].tracking_run_id).info.status == "RUNNING"
+    experiment = client.get_experiment_by_name("batch")
+    assert len(client.search_runs([experiment.experiment_id], "tags.`expctl.app` = 'expctl_testapp'")) == 6
+
+
+def test_without_a_tracker_enqueue_warns_of_nothing_to_catch_up(world: Env) -> None:
+    queued = world.run("enqueue", "--app", "expctl_fastapp", "config", "tag=a,b", check=True)  # EXPCTL_TRACKING=none
+    assert "sweep 1: queued 2 jobs" in queued.stdout and "could not track" not in queued.stderr, queued.stderr
