@@ -203,7 +203,7 @@ class World:
         return text
 
     def job(self, job_id: int) -> Any:
-        from expctl import db, jobs
+        from expctl.store import db, jobs
 
         if self._engine is None:
             self._engine = db.create_engine(self.db_url)

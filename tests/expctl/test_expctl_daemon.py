@@ -221,7 +221,7 @@ def test_first_use_by_several_processes_migrates_once(tmp_path) -> None:  # noqa
     from expctl_helpers import REPO
 
     url = f"sqlite:///{tmp_path / 'fresh' / 'expctl.db'}"
-    code = f"from expctl import db; db.create_engine({url!r})"
+    code = f"from expctl.store import db; db.create_engine({url!r})"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     processes = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
                  for _ in range(4)]
