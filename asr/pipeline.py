@@ -53,8 +53,6 @@ class Pipeline:
     def from_configuration(cls, configuration: Any) -> "Pipeline":
         """A pipeline with a model built from ``configuration`` (then call ``train()``): new, or starting
         from the weights of the bundle named by ``trainer.init_from``."""
-        from asr.models.architectures import build_model
-
         configuration = _as_configuration(configuration)
         alphabet = load_alphabet(configuration.config)
         model = build_model(configuration.model, configuration.features.num_features, len(alphabet) + 1)

@@ -1,7 +1,7 @@
 """Benchmark of expctl's queue: claim throughput and claim-to-child-start latency.
 
 Prints:
-  * claims/s with 4 concurrent claimer processes through expctl's API (``expctl.jobs.claim``:
+  * claims/s with 4 concurrent claimer processes through expctl's API (``expctl.store.claims.claim``:
     BEGIN IMMEDIATE, UPDATE ... RETURNING, a claim event, the worker row);
   * claims/s of a raw ``sqlite3`` loop (one UPDATE ... RETURNING per BEGIN IMMEDIATE transaction)
     with 4 processes, on the same schema and durability (WAL, synchronous=NORMAL);
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 APPS = REPO / "tests" / "apps"
 sys.path.insert(0, str(REPO))
 
-from expctl.store import db, jobs
+from expctl.store import claims, db, jobs
 from expctl.specs import compose
 
 CLAIMERS = 4

@@ -27,12 +27,9 @@ from expctl.store.db import read_connection
 from expctl.errors import UserError
 from expctl.store.schema import (  # the statuses too: callers read jobs.QUEUED, jobs.FAILED, ...
     ACTIVE_STATUSES,
-    CANCELLED,
-    FAILED,
     QUEUED,
     RUNNING,
     STATUSES,
-    SUCCEEDED,
     EXP_DIR_OWNER_STATUSES,
     job_events,
     jobs,
