@@ -69,7 +69,7 @@ def check_files(config: DictConfig) -> None:
             raise UserError(f"data.{key}: {kind} not found: {value}")
     # a run that will resume never loads init_from (the Trainer decides for sure; this skips the early check)
     may_resume = config.trainer.resume and Path(config.exp_dir, "checkpoints", "checkpoint").is_file()
-    if config.trainer.get("init_from") and not may_resume:
+    if config.trainer.init_from and not may_resume:
         check_init_from(config)
 
 
