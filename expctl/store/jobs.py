@@ -27,9 +27,12 @@ from expctl.store.db import read_connection
 from expctl.errors import UserError
 from expctl.store.schema import (  # the statuses too: callers read jobs.QUEUED, jobs.FAILED, ...
     ACTIVE_STATUSES,
+    CANCELLED,  # noqa: F401 (re-exported)
+    FAILED,  # noqa: F401 (re-exported)
     QUEUED,
     RUNNING,
     STATUSES,
+    SUCCEEDED,  # noqa: F401 (re-exported)
     EXP_DIR_OWNER_STATUSES,
     job_events,
     jobs,
