@@ -199,7 +199,7 @@ def year_words(year: int) -> str:
 
 
 def article_for(word: str) -> str:
-    """The indefinite article before ``word``, by its sound: an hour, a unicorn, an apple."""
+    """The indefinite article before ``word``, by its sound: an hour, a unit, an apple."""
     first = word.split(" ")[0]
     if first in _VOWEL_LETTER_TAKES_A:
         return "a"
