@@ -15,17 +15,8 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from asr.data.english import (
-    Lexicon,
-    Verb,
-    article_for,
-    load_lexicon,
-    number_words,
-    ordinal_words,
-    past_of,
-    third_person_of,
-    year_words,
-)
+from asr.data.english import (Lexicon, Verb, article_for, load_lexicon, number_words, ordinal_words, past_of,
+                             third_person_of, year_words)
 
 MIN_WORDS = 3
 MAX_WORDS = 12
