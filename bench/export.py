@@ -67,7 +67,8 @@ def main() -> None:
     from asr.audio.features import compute_features, load_audio
     from asr.data.synth import synthesize_corpus
     from asr.decoding.decoders import greedy_decode
-    from asr.serving.export import ONNX_FILE, TFLITE_FILE, TFLiteRunner, export
+    from asr.serving.export import ONNX_FILE, TFLITE_FILE, export
+    from asr.serving.export_graphs import TFLiteRunner
     from asr.pretrained.registry import resolve_model_path
     from asr.pipeline import load_model
 

@@ -86,7 +86,8 @@ def test_saved_model_takes_audio_and_matches_keras(trained, tmp_path):
 
 def test_tflite_float32_and_dynamic_int8_match_keras(trained, tmp_path):
     from asr.decoding.decoders import greedy_decode
-    from asr.serving.export import TFLITE_FILE, TFLiteRunner, export
+    from asr.serving.export import TFLITE_FILE, export
+    from asr.serving.export_graphs import TFLiteRunner
 
     signals, _, _ = audio_batch(trained["wavs"])
     expected, transcripts = keras_reference(trained["pipeline"], trained["wavs"])
@@ -137,7 +138,7 @@ def test_rnns_are_traced_without_cudnn_and_restored(trained):
     """On a GPU machine Keras would trace cuDNN kernels into the graph; exports switch that off."""
     import keras
 
-    from asr.serving.export import portable_rnns
+    from asr.serving.export_graphs import portable_rnns
 
     model = trained["pipeline"].model
     recurrent = [sub for layer in model.layers if isinstance(layer, keras.layers.Bidirectional)

@@ -13,8 +13,9 @@ import pytest
 import soundfile
 from hypothesis import given, settings
 
-from asr.data import sentences, synth
-from asr.data.sentences import generate_sentences, number_words, ordinal_words, year_words
+from asr.data import english, sentences, synth
+from asr.data.english import number_words, ordinal_words, year_words
+from asr.data.sentences import generate_sentences
 from asr.data.synth import SAMPLE_RATE, synthesize_corpus
 from asr.errors import UserError
 
@@ -140,9 +141,9 @@ def test_vocabulary_is_broad() -> None:
 
 
 def test_word_lists_are_small_and_clean() -> None:
-    files = sorted(Path(sentences.__file__).parent.glob("words_*.txt"))
+    files = sorted(Path(english.__file__).parent.glob("words_*.txt"))
     assert len(files) >= 6 and sum(path.stat().st_size for path in files) < 300_000
-    lexicon = sentences.load_lexicon()
+    lexicon = english.load_lexicon()
     assert len(lexicon.nouns) > 1000 and len(lexicon.transitive) > 300 and len(lexicon.adjectives) > 500
 
 
@@ -172,14 +173,14 @@ def test_numbers_in_words() -> None:
 
 
 def test_inflection_rules() -> None:
-    assert [sentences.plural_of(word) for word in ("box", "city", "day", "dog")] == ["boxes", "cities", "days", "dogs"]
-    assert [sentences.past_of(word) for word in ("bake", "carry", "play", "walk")] == ["baked", "carried", "played",
+    assert [english.plural_of(word) for word in ("box", "city", "day", "dog")] == ["boxes", "cities", "days", "dogs"]
+    assert [english.past_of(word) for word in ("bake", "carry", "play", "walk")] == ["baked", "carried", "played",
                                                                                       "walked"]
-    assert sentences.gerund_of("stop", "stopped") == "stopping"
-    assert sentences.gerund_of("make", "made") == "making"
-    assert sentences.gerund_of("tie", "tied") == "tying"
-    assert sentences.gerund_of("agree", "agreed") == "agreeing"
-    assert sentences.third_person_of("watch") == "watches" and sentences.third_person_of("go") == "goes"
+    assert english.gerund_of("stop", "stopped") == "stopping"
+    assert english.gerund_of("make", "made") == "making"
+    assert english.gerund_of("tie", "tied") == "tying"
+    assert english.gerund_of("agree", "agreed") == "agreeing"
+    assert english.third_person_of("watch") == "watches" and english.third_person_of("go") == "goes"
 
 
 def test_no_voice_variant_crashes_libespeak_at_wide_pitch_ranges():

@@ -11,18 +11,16 @@ letters a-z, the apostrophe and single spaces, so it fits the default alphabet.
 
 from __future__ import annotations
 
-import functools
-import importlib.resources
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-ALLOWED_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz' ")
+from asr.data.english import (Lexicon, Verb, article_for, load_lexicon, number_words, ordinal_words, past_of,
+                             third_person_of, year_words)
+
 MIN_WORDS = 3
 MAX_WORDS = 12
 
-_ENTRY = re.compile(r"[a-z]+(?:'[a-z]+)*(?: [a-z]+(?:'[a-z]+)*)*")
 _PRONOUNS = {  # subject -> (object, possessive, person)
     "i": ("me", "my", "1s"),
     "you": ("you", "your", "2"),
@@ -44,201 +42,10 @@ _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "su
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september",
            "october", "november", "december")
 _PARTS_OF_DAY = ("morning", "afternoon", "evening", "night")
-_UNITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-          "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-          "nineteen")
-_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
-_ORDINAL_UNITS = ("zeroth", "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
-                  "ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth",
-                  "sixteenth", "seventeenth", "eighteenth", "nineteenth")
+_DIGITS = tuple(number_words(digit) for digit in range(10))
 _CURRENCIES = (("dollar", "dollars", "cents"), ("pound", "pounds", "pence"), ("euro", "euros", "cents"))
 _IRREGULAR_PAST = {"forgeted": "forgot", "planed": "planned", "thinked": "thought", "knowed": "knew",
                    "sayed": "said", "feeled": "felt"}
-_VOWEL_LETTER_TAKES_A = frozenset({"unique", "uniform", "united", "union", "unit", "unity", "universe",
-                                   "university", "useful", "useless", "usual", "usage", "user", "one",
-                                   "european", "eulogy"})
-_SILENT_H_TAKES_AN = frozenset({"honest", "honourable", "honour", "hour", "heir"})
-
-
-@dataclass(frozen=True)
-class Noun:
-    """A noun; ``plural`` is None for a mass noun (rice, advice)."""
-
-    singular: str
-    plural: str | None
-
-
-@dataclass(frozen=True)
-class Verb:
-    """All the forms of a verb that the templates use."""
-
-    base: str
-    third: str
-    past: str
-    participle: str
-    gerund: str
-
-
-@dataclass(frozen=True)
-class Lexicon:
-    """The word lists, read once from the ``words_*.txt`` files of this package."""
-
-    nouns: tuple[Noun, ...]
-    people: tuple[Noun, ...]
-    transitive: tuple[Verb, ...]
-    intransitive: tuple[Verb, ...]
-    adjectives: tuple[str, ...]
-    adverbs: tuple[str, ...]
-    names: tuple[str, ...]
-    places: tuple[str, ...]
-
-
-def _is_consonant_y(word: str) -> bool:
-    return word.endswith("y") and len(word) > 1 and word[-2] not in "aeiou"
-
-
-def plural_of(singular: str) -> str:
-    """The regular English plural (irregular ones are spelled out in the word lists)."""
-    if singular.endswith(("s", "x", "z", "ch", "sh")):
-        return singular + "es"
-    if _is_consonant_y(singular):
-        return singular[:-1] + "ies"
-    return singular + "s"
-
-
-def third_person_of(base: str) -> str:
-    """The present third person singular: watch -> watches, carry -> carries."""
-    if base == "have":
-        return "has"
-    if base.endswith(("s", "x", "z", "ch", "sh", "o")):
-        return base + "es"
-    if _is_consonant_y(base):
-        return base[:-1] + "ies"
-    return base + "s"
-
-
-def past_of(base: str) -> str:
-    """The regular past tense: bake -> baked, carry -> carried, walk -> walked."""
-    if base.endswith("e"):
-        return base + "d"
-    if _is_consonant_y(base):
-        return base[:-1] + "ied"
-    return base + "ed"
-
-
-def gerund_of(base: str, past: str) -> str:
-    """The -ing form; a doubled final consonant in the past (stopped) is doubled here too."""
-    if past == base + base[-1] + "ed":
-        return base + base[-1] + "ing"
-    if base.endswith("ie"):
-        return base[:-2] + "ying"
-    if base.endswith("e") and not base.endswith(("ee", "ye", "oe")) and len(base) > 2:
-        return base[:-1] + "ing"
-    return base + "ing"
-
-
-def _read_entries(name: str) -> list[list[str]]:
-    """The entries of ``words_<name>.txt``: each line split into its fields (multi-word places kept)."""
-    text = importlib.resources.files(__package__).joinpath(f"words_{name}.txt").read_text(encoding="utf-8")
-    entries = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if not _ENTRY.fullmatch(line) and not re.fullmatch(r"[a-z]+ -", line):
-            raise ValueError(f"words_{name}.txt line {number}: {raw!r} has characters outside a-z and '")
-        entries.append(line.split(" "))
-    return entries
-
-
-def _nouns(name: str) -> tuple[Noun, ...]:
-    nouns = []
-    for fields in _read_entries(name):
-        if len(fields) > 2:
-            raise ValueError(f"words_{name}.txt: {' '.join(fields)!r} should be `singular [plural]`")
-        plural = fields[1] if len(fields) == 2 else plural_of(fields[0])
-        nouns.append(Noun(fields[0], None if plural == "-" else plural))
-    return tuple(nouns)
-
-
-def _verbs(name: str) -> tuple[Verb, ...]:
-    verbs = []
-    for fields in _read_entries(name):
-        if len(fields) > 4:
-            raise ValueError(f"words_{name}.txt: {' '.join(fields)!r} should be `base [past [participle [gerund]]]`")
-        base = fields[0]
-        past = fields[1] if len(fields) > 1 else past_of(base)
-        participle = fields[2] if len(fields) > 2 else past
-        gerund = fields[3] if len(fields) > 3 else gerund_of(base, past)
-        verbs.append(Verb(base, third_person_of(base), past, participle, gerund))
-    return tuple(verbs)
-
-
-@functools.cache
-def load_lexicon() -> Lexicon:
-    """Read and inflect the shipped word lists (cached)."""
-    return Lexicon(
-        nouns=_nouns("nouns"),
-        people=_nouns("people"),
-        transitive=_verbs("verbs_transitive"),
-        intransitive=_verbs("verbs_intransitive"),
-        adjectives=tuple(" ".join(fields) for fields in _read_entries("adjectives")),
-        adverbs=tuple(" ".join(fields) for fields in _read_entries("adverbs")),
-        names=tuple(" ".join(fields) for fields in _read_entries("names")),
-        places=tuple(" ".join(fields) for fields in _read_entries("places")),
-    )
-
-
-def number_words(number: int) -> str:
-    """A cardinal number from 0 to 999,999 in words, British style: 'three hundred and five'."""
-    if not 0 <= number < 1_000_000:
-        raise ValueError(f"number_words handles 0..999999, not {number}")
-    if number < 20:
-        return _UNITS[number]
-    if number < 100:
-        tens, units = divmod(number, 10)
-        return _TENS[tens] + ("" if units == 0 else " " + _UNITS[units])
-    if number < 1000:
-        hundreds, rest = divmod(number, 100)
-        head = _UNITS[hundreds] + " hundred"
-        return head if rest == 0 else f"{head} and {number_words(rest)}"
-    thousands, rest = divmod(number, 1000)
-    head = number_words(thousands) + " thousand"
-    if rest == 0:
-        return head
-    return f"{head} and {number_words(rest)}" if rest < 100 else f"{head} {number_words(rest)}"
-
-
-def ordinal_words(number: int) -> str:
-    """An ordinal from 1 to 99 in words: 'twenty first'."""
-    if not 1 <= number < 100:
-        raise ValueError(f"ordinal_words handles 1..99, not {number}")
-    if number < 20:
-        return _ORDINAL_UNITS[number]
-    tens, units = divmod(number, 10)
-    if units == 0:
-        return _TENS[tens][:-1] + "ieth"
-    return f"{_TENS[tens]} {_ORDINAL_UNITS[units]}"
-
-
-def year_words(year: int) -> str:
-    """A year as people say it: 'nineteen oh five', 'two thousand and nine', 'twenty twenty'."""
-    if 2000 <= year < 2010:
-        return number_words(year)
-    century, rest = divmod(year, 100)
-    if rest == 0:
-        return number_words(century) + " hundred"
-    tail = f"oh {_UNITS[rest]}" if rest < 10 else number_words(rest)
-    return f"{number_words(century)} {tail}"
-
-
-def _article_for(word: str) -> str:
-    first = word.split(" ")[0]
-    if first in _VOWEL_LETTER_TAKES_A:
-        return "a"
-    if first in _SILENT_H_TAKES_AN or first[0] in "aeiou":
-        return "an"
-    return "a"
 
 
 @dataclass
@@ -328,7 +135,7 @@ class _Builder:
             if roll < 0.35:
                 determiner = "the"
             elif roll < 0.6:
-                determiner = _article_for(body)
+                determiner = article_for(body)
             elif roll < 0.75:
                 determiner = self.pick(_POSSESSIVES)
             elif roll < 0.85:
@@ -373,7 +180,7 @@ class _Builder:
         if roll < 0.55:
             return f"a quarter {self.pick(('past', 'to'))} {number_words(hour)}"
         minute = self.rng.randint(1, 59)
-        minutes = f"oh {_UNITS[minute]}" if minute < 10 else number_words(minute)
+        minutes = f"oh {number_words(minute)}" if minute < 10 else number_words(minute)
         return f"{number_words(hour)} {minutes}"
 
     def time(self) -> str:
@@ -516,7 +323,7 @@ class _Builder:
             person = self.rng.choice(self.lexicon.people)
             adjective = self.pick(self.lexicon.adjectives)
             be = self.pick(("is", "was"))
-            return f"{self.pick(self.lexicon.names)} {be} {_article_for(adjective)} {adjective} {person.singular}"
+            return f"{self.pick(self.lexicon.names)} {be} {article_for(adjective)} {adjective} {person.singular}"
         if roll < 0.8:
             phrase, plural = self.noun_phrase(people=False)
             be = ("are" if plural else "is") if self.chance(0.5) else ("were" if plural else "was")
@@ -592,7 +399,7 @@ class _Builder:
             (1, lambda: f"{self.pick(self.lexicon.names)} was born on the {ordinal_words(self.rng.randint(1, 31))} "
                         f"of {self.pick(_MONTHS)}"),
             (1, lambda: f"my {self.pick(('phone number', 'pin', 'code', 'ticket number'))} is "
-                        + " ".join(self.pick(_UNITS[:10] + ('oh',)) for _ in range(self.rng.randint(3, 7)))),
+                        + " ".join(self.pick(_DIGITS + ('oh',)) for _ in range(self.rng.randint(3, 7)))),
             (1, lambda: f"it is {number_words(self.rng.randint(0, 45))} degrees "
                         + self.pick(("outside", "in " + self.pick(self.lexicon.places)))),
             (1, lambda: f"we need {number_words(self.rng.randint(2, 5000))} {self.rng.choice(self.countable).plural}"),
