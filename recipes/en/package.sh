@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Turn the recipe's trained run (experiments/en/model.bin) into the packaged model asr/pretrained/en.bin:
+# Turn the recipe's trained run (experiments/en-2/model.bin, the second stage) into the packaged model asr/pretrained/en.bin:
 # a 3-gram LM of the training transcripts, the fortunes the corpus did not use and WordNet's example
 # sentences (never a dev or test sentence), its weights tuned on the dev split (training voices only: Festival never enters).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 corpus=${CORPUS:-data/en}
-run=${RUN:-experiments/en}
+run=${RUN:-experiments/en-2}
 python - "$corpus" <<'PY'
 import json, sys
 from pathlib import Path
