@@ -162,6 +162,14 @@ def _ending(current: Job, returncode: int, cancelled: bool, backoff_base_s: floa
     return outcome, values
 
 
+def _own_row(connection: Any, job: Job, worker_id: str) -> Any:
+    """The job's row while it is still this worker's attempt (locked on PostgreSQL), else None."""
+    query = select(jobs).where(fence(job, worker_id))
+    if is_postgres(connection):
+        query = query.with_for_update()
+    return connection.execute(query).one_or_none()
+
+
 def finish(
     engine: Engine, job: Job, worker_id: str, returncode: int, *,
     cancelled: bool = False, backoff_base_s: float = DEFAULT_BACKOFF_S,
@@ -172,10 +180,7 @@ def finish(
     """
     at = now()
     with engine.begin() as connection:
-        query = select(jobs).where(fence(job, worker_id))
-        if is_postgres(connection):
-            query = query.with_for_update()
-        row = connection.execute(query).one_or_none()
+        row = _own_row(connection, job, worker_id)
         if row is None:
             add_event(connection, job.id, "fenced", f"stale finish ({describe_exit(returncode)}) ignored",
                       attempt=job.attempt, worker_id=worker_id, at=at)
@@ -198,10 +203,7 @@ def requeue_own(engine: Engine, job: Job, worker_id: str, reason: str) -> Outcom
     """
     at = now()
     with engine.begin() as connection:
-        query = select(jobs).where(fence(job, worker_id))
-        if is_postgres(connection):
-            query = query.with_for_update()
-        row = connection.execute(query).one_or_none()
+        row = _own_row(connection, job, worker_id)
         if row is None:
             add_event(connection, job.id, "fenced", f"stale requeue ignored: {reason}",
                       attempt=job.attempt, worker_id=worker_id, at=at)
