@@ -257,8 +257,11 @@ def _percent(value: Any) -> str:
 def print_models(models: list[InstalledModel], folders: list[ModelFolder]) -> None:
     """A rich table of ``models``, the folders as its caption; text from files and names is escaped."""
     caption = "; ".join(f"{escape(folder.where)}: {escape(str(folder.path))}" for folder in folders)
-    table = Table(title="installed models (WER, CER: on the test set; load one as asr.load_model(NAME), "
-                        "--model NAME, trainer.init_from=NAME)", caption=caption, box=box.SIMPLE_HEAD)
+    # the figures come from the bundle's training run: its test split, decoded as configured then (greedy for
+    # `en`, whose beam_lm decoder was added when it was packaged; docs/models/en.md has both)
+    table = Table(title="installed models (WER, CER: the test split of the training run, decoded as configured "
+                        "then; load one as asr.load_model(NAME), --model NAME, trainer.init_from=NAME)",
+                  caption=caption, box=box.SIMPLE_HEAD)
     for column, justify in (("name", "left"), ("where", "left"), ("MB", "right"), ("params", "right"),
                             ("model", "left"), ("decoder", "left"), ("WER", "right"), ("CER", "right")):
         table.add_column(column, justify=justify, overflow="fold")
