@@ -34,6 +34,7 @@ DECODE_CHUNK = 256  # utterances handed to the decoder at once
 # librosa: a pool pays only for thousands of files.
 FEATURE_POOL_MIN_FILES = 2000
 
+
 @dataclass(frozen=True)
 class Transcript:
     path: Path
@@ -46,7 +47,7 @@ class Transcript:
 
 @dataclass
 class Timings:
-    """Wall-clock seconds spent in each stage ."""
+    """Wall-clock seconds spent in each stage."""
 
     features: float = 0.0
     acoustic_model: float = 0.0

@@ -49,7 +49,8 @@ def evaluate_split(model: Any, manifest: str, config: DictConfig, alphabet: Any)
     with make_decoder(config.decoder, alphabet) as decoder:
         hypotheses = decode_logits(decoder, logits)
         decoder_name = decoder.name
-    greedy = decode_logits(make_decoder(config.decoder, alphabet, name="greedy"), logits)
+    greedy = hypotheses if decoder_name == "greedy" else decode_logits(
+        make_decoder(config.decoder, alphabet, name="greedy"), logits)
     samples = [{"audio_filepath": str(example.utterance.audio_filepath), "reference": reference,
                 "hypothesis": hypothesis}
                for example, reference, hypothesis in zip(data.examples, references, hypotheses)][:SAMPLE_TRANSCRIPTS]

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from asr.data.splits import SplitData
 from asr.decoding.decoders import Decoder
-from asr.inference import decode_logits, logits_of_features
+from asr.inference import transcribe_features
 from asr.text import Alphabet
 
 
@@ -16,6 +16,6 @@ def transcribe_split(model: keras.Model, data: SplitData, alphabet: Alphabet, co
                      limit: int | None = None) -> tuple[list[str], list[str]]:
     """(references, hypotheses) of the first ``limit`` examples of ``data`` (all when ``None``)."""
     examples = data.examples if limit is None else data.examples[:limit]
-    logits = logits_of_features(model, config.model, [data.features_for(example.utterance) for example in examples])
+    features = [data.features_for(example.utterance) for example in examples]
     references = [alphabet.decode(example.labels.tolist()) for example in examples]
-    return references, decode_logits(decoder, logits)
+    return references, transcribe_features(model, config.model, features, decoder)
