@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -53,6 +54,7 @@ class ComposedSpec:
     spec: Spec
     config_yaml: str
     config_hash: str
+    config: dict = field(default_factory=dict, compare=False, repr=False)  # config_yaml as data
 
 
 @dataclass
@@ -154,16 +156,18 @@ def compose(spec: Spec, *, cwd: str | None = None) -> ComposedSpec:
     return compose_all([spec], cwd=cwd)[0]
 
 
-def _composed(spec: Spec, code: int, stdout: str, stderr: str) -> ComposedSpec:
+def _composed(spec: Spec, code: int, stdout: str, stderr: str, loaded: Any = None) -> ComposedSpec:
+    """The composed spec; ``loaded``: ``stdout`` as data when the child parsed it already."""
     if code != 0:
         raise UserError(f"{describe(spec)} refused: {_hydra_message(stderr or stdout)}")
-    try:
-        loaded = yaml.load(stdout, Loader=_SAFE_LOADER)  # libyaml's when built in: ~10x faster for big sweeps
-    except yaml.YAMLError as error:
-        raise UserError(f"{describe(spec)}: the app printed no YAML config ({_one_line(str(error))})") from None
+    if loaded is None:
+        try:
+            loaded = yaml.load(stdout, Loader=_SAFE_LOADER)  # libyaml's when built in: ~10x faster
+        except yaml.YAMLError as error:
+            raise UserError(f"{describe(spec)}: the app printed no YAML config ({_one_line(str(error))})") from None
     if not isinstance(loaded, dict):
         raise UserError(f"{describe(spec)}: the app printed no config mapping (is {spec.app} a Hydra app?)")
-    return ComposedSpec(spec=spec, config_yaml=stdout, config_hash=config_hash(spec.app, stdout))
+    return ComposedSpec(spec=spec, config_yaml=stdout, config_hash=config_hash(spec.app, stdout), config=loaded)
 
 
 class _Composer:
@@ -193,12 +197,13 @@ class _Composer:
             self.process.kill()
         self.process.wait()
 
-    def results(self) -> dict[int, tuple[int, str, str]]:
+    def results(self) -> dict[int, tuple[int, str, str, Any]]:
         found = {}
         for line in self.stdout.splitlines():
             try:
                 item = json.loads(line)
-                found[int(item["index"])] = (int(item["code"]), str(item["stdout"]), str(item["stderr"]))
+                found[int(item["index"])] = (int(item["code"]), str(item["stdout"]), str(item["stderr"]),
+                                             item.get("config"))
             except (ValueError, KeyError, TypeError):
                 continue
         return found
@@ -232,16 +237,16 @@ def compose_all(specs: list[Spec], labels: list[str] | None = None,
     finally:
         for composer in composers:
             composer.kill()
-    results: dict[int, tuple[int, str, str]] = {}
+    results: dict[int, tuple[int, str, str, Any]] = {}
     for composer in composers:
         found = composer.results()
         results.update(found)
-        refused = [index for index, (code, _out, _err) in found.items() if code != 0]
+        refused = [index for index, (code, *_rest) in found.items() if code != 0]
         missing = [index for index, _spec in composer.chunk if index not in found]
         if missing and not refused:  # the child died without a word for these (a crash)
             message = _hydra_message(composer.stderr) if composer.stderr.strip() else (
                 f"the composer exited with {composer.process.returncode}")
-            results[missing[0]] = (1, "", message)
+            results[missing[0]] = (1, "", message, None)
     composed: list[ComposedSpec] = []
     for index, spec in enumerate(specs):
         if index not in results:
@@ -304,7 +309,8 @@ def with_exp_dir(composed: ComposedSpec, folder: str) -> ComposedSpec:
     overrides = tuple(override for override in composed.spec.overrides
                       if override.split("=", 1)[0].lstrip("+~") != "exp_dir") + (f"exp_dir='{quoted}'",)
     spec = Spec(app=composed.spec.app, base=composed.spec.base, overrides=overrides)
-    return ComposedSpec(spec=spec, config_yaml=config_yaml, config_hash=config_hash(spec.app, config_yaml))
+    return ComposedSpec(spec=spec, config_yaml=config_yaml, config_hash=config_hash(spec.app, config_yaml),
+                        config={**composed.config, "exp_dir": folder})
 
 
 def subfolder_names(override_lists: list[tuple[str, ...]]) -> list[str]:

@@ -81,12 +81,15 @@ def submit(engine: Engine, requests: list[Request], tracker: SafeTracker) -> lis
 
 def _submit(engine: Engine, requests: list[Request], tracker: SafeTracker) -> list[Submitted]:
     plans = [(request, _plan(request)) for request in requests]
+    tracker.warm_up()  # MLflow's import and store set-up, while the specs compose in child processes
     labelled = [(request.label, spec) for request, plan in plans for spec in plan.specs]
     composed = iter(compose.compose_all([spec for _label, spec in labelled], [label for label, _spec in labelled]))
     batches: list[tuple[list[jobs.NewJob], jobs.NewSweep | None]] = []
+    configs: list[dict] = []  # each job's config as data, in insert order: the tracker's params
     for request, plan in plans:
         items = []
         for spec, done in zip(plan.specs, _own_folders([next(composed) for _spec in plan.specs])):
+            configs.append(done.config)
             folder = compose.explicit_exp_dir(done.config_yaml)
             if request.name and plan.is_sweep:
                 name = f"{request.name} {' '.join(spec.overrides)}"[:200]
@@ -108,7 +111,7 @@ def _submit(engine: Engine, requests: list[Request], tracker: SafeTracker) -> li
     try:
         queued = [job for result in results for job in result.jobs]
         # one batch: the tracker creates the runs side by side; their ids are stored in one transaction
-        created = tracker.on_enqueue_many(queued)
+        created = tracker.on_enqueue_many(queued, configs={job.id: config for job, config in zip(queued, configs)})
         jobs.set_tracking_many(engine, {job_id: (run.get("run_id"), run.get("uri"))
                                         for job_id, run in created.items() if run.get("run_id")})
     except KeyboardInterrupt:

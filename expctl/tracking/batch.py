@@ -1,13 +1,13 @@
 """The MLflow runs of many queued jobs at once, in one transaction per chunk, on a database store.
 
-MLflow's client makes a run with four requests (create, params, ``config.yaml``, status), each its
+MLflow's client makes a run with three requests (create, params, status), each its
 own transaction: about 0.08 s a run on the default SQLite store, so a 1,000-job sweep spent 1.5
 minutes in MLflow. MLflow has no request that makes many runs. When the tracking URI is a database
 (``sqlite://``, ``postgresql://``, ``mysql://``, ``mssql://``), this module writes the rows that
 ``MlflowClient.create_run`` + ``log_batch`` + ``update_run`` would write (tables ``runs``, ``tags``,
 ``params`` of MLflow's own store, through its SQLAlchemy models and engine) for a chunk of jobs in
-one transaction; ``config.yaml`` goes to each run's artifact folder first, so a run never exists
-without it. A tracking server (http) keeps the client's requests, several in flight.
+one transaction. No artifact is written here: ``config.yaml`` is logged when the job starts
+(``MlflowTracker.on_claim``), one file less per queued job. A tracking server (http) keeps the client's requests, several in flight.
 
 The runs are the same as the client's (tests read them back with ``MlflowClient.get_run``). This
 leans on MLflow's table models (``mlflow.store.tracking.dbmodels``), stable since MLflow 1.x:
@@ -18,13 +18,9 @@ Imported only when runs are made (MLflow's import takes seconds; ``expctl list``
 from __future__ import annotations
 
 import itertools
-import shutil
-import tempfile
 import uuid
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.tracking.dbmodels.models import SqlParam, SqlRun, SqlTag
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.uri import append_to_uri_path
@@ -46,35 +42,26 @@ def database_store(client: Any) -> Any | None:
 def create_runs(store: Any, client: Any, planned: Iterable[tuple[Any, str, dict[str, str], dict[str, str]]],
                 done: Callable[[Any, str], None]) -> None:
     """Create one SCHEDULED run per ``(job, experiment_id, tags, params)``; ``done(job, run_id)`` after
-    each chunk's transaction. ``tags`` include ``mlflow.runName``; the job's ``config_yaml`` is uploaded
-    as ``config.yaml``."""
+    each chunk's transaction. ``tags`` include ``mlflow.runName``."""
     artifact_roots: dict[str, str] = {}
     items = iter(planned)  # a generator: each job's config is parsed as its chunk comes
     while chunk := list(itertools.islice(items, CHUNK_JOBS)):
         runs, tags, params, created = [], [], [], []
-        scratch = Path(tempfile.mkdtemp(prefix="expctl-runs-"))
-        try:
-            for index, (job, experiment_id, run_tags, run_params) in enumerate(chunk):
-                if experiment_id not in artifact_roots:
-                    artifact_roots[experiment_id] = client.get_experiment(experiment_id).artifact_location
-                run_id = uuid.uuid4().hex
-                artifact_uri = append_to_uri_path(artifact_roots[experiment_id], run_id, "artifacts")
-                config = scratch / str(index) / "config.yaml"
-                config.parent.mkdir()
-                config.write_text(job.config_yaml, encoding="utf-8")
-                get_artifact_repository(artifact_uri).log_artifact(str(config))
-                runs.append({
-                    "run_uuid": run_id, "name": run_tags.get("mlflow.runName", ""), "source_type": "UNKNOWN",
-                    "source_name": "", "entry_point_name": "", "user_id": run_tags.get("mlflow.user"),
-                    "status": "SCHEDULED", "start_time": int(job.created_at * 1000), "end_time": None,
-                    "deleted_time": None, "source_version": "", "lifecycle_stage": "active",
-                    "artifact_uri": artifact_uri, "experiment_id": int(experiment_id),
-                })
-                tags.extend({"key": key, "value": value, "run_uuid": run_id} for key, value in run_tags.items())
-                params.extend({"key": key, "value": value, "run_uuid": run_id} for key, value in run_params.items())
-                created.append((job, run_id))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        for job, experiment_id, run_tags, run_params in chunk:
+            if experiment_id not in artifact_roots:
+                artifact_roots[experiment_id] = client.get_experiment(experiment_id).artifact_location
+            run_id = uuid.uuid4().hex
+            runs.append({
+                "run_uuid": run_id, "name": run_tags.get("mlflow.runName", ""), "source_type": "UNKNOWN",
+                "source_name": "", "entry_point_name": "", "user_id": run_tags.get("mlflow.user"),
+                "status": "SCHEDULED", "start_time": int(job.created_at * 1000), "end_time": None,
+                "deleted_time": None, "source_version": "", "lifecycle_stage": "active",
+                "artifact_uri": append_to_uri_path(artifact_roots[experiment_id], run_id, "artifacts"),
+                "experiment_id": int(experiment_id),
+            })
+            tags.extend({"key": key, "value": value, "run_uuid": run_id} for key, value in run_tags.items())
+            params.extend({"key": key, "value": value, "run_uuid": run_id} for key, value in run_params.items())
+            created.append((job, run_id))
         with store.engine.begin() as connection:  # the chunk's runs, all or none
             connection.execute(insert(SqlRun.__table__), runs)
             if tags:

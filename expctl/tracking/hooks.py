@@ -47,9 +47,14 @@ class Tracker:
         """A job was enqueued; may return ``{"run_id": ..., "uri": ...}`` to store on the job."""
         return None
 
-    def on_enqueue_many(self, jobs: list[Any], done: Callable[[Any, dict[str, str]], None]) -> None:
+    def warm_up(self) -> None:
+        """Get ready to track (imports, connections); called in a helper thread before a batch of hooks."""
+
+    def on_enqueue_many(self, jobs: list[Any], done: Callable[[Any, dict[str, str]], None],
+                        configs: dict[int, dict] | None = None) -> None:
         """Many jobs were enqueued at once: call ``done(job, {"run_id": ..., "uri": ...})`` for each run
-        created (from any thread). The default calls :meth:`on_enqueue` job by job."""
+        created (from any thread). ``configs``: each job's config as data, by job id, when the caller
+        has it (else it is parsed from ``job.config_yaml``). The default calls :meth:`on_enqueue` job by job."""
         for job in jobs:
             created = self.on_enqueue(job)
             if created:
@@ -90,6 +95,7 @@ class SafeTracker(Tracker):
         self.timeout_s = timeout_from_environment() if timeout_s is None else timeout_s
         self.while_waiting: Callable[[], None] | None = None  # called every WAIT_SLICE_S while a hook is out
         self._busy: threading.Thread | None = None  # a given-up call that has not returned yet
+        self._warming: threading.Thread | None = None  # warm_up() in progress; the next hook waits for it
 
     @property
     def busy(self) -> bool:
@@ -103,14 +109,15 @@ class SafeTracker(Tracker):
         """Whether the tracker failed moments ago, or still hangs, and would refuse a call now."""
         return self.busy or bool(getattr(self.inner, "paused", False))
 
-    def _call(self, hook: str, default: Any, *args: Any, progress: Callable[[], int] | None = None) -> Any:
+    def _call(self, hook: str, default: Any, *args: Any, progress: Callable[[], int] | None = None,
+              keywords: dict[str, Any] | None = None) -> Any:
         job_id = getattr(args[0], "id", None) if args else None
         if self.busy:  # the tracker hangs: skip at once, the job's tracking is caught up later
             if isinstance(job_id, int):
                 self.unsynced.add(job_id)
             return default
         try:
-            return self._run(hook, args, progress)
+            return self._run(hook, args, progress, keywords)
         except Exception as error:  # noqa: BLE001 - a tracker must never stop the queue
             if isinstance(job_id, int):
                 self.unsynced.add(job_id)
@@ -120,16 +127,35 @@ class SafeTracker(Tracker):
                                self.name, hook, error)
             return default
 
-    def _run(self, hook: str, args: tuple, progress: Callable[[], int] | None = None) -> Any:
+    def warm_up(self) -> None:
+        """Start the tracker's ``warm_up`` in a helper thread (its errors surface in the next hook)."""
+        if self.timeout_s <= 0 or self._warming is not None or not hasattr(self.inner, "warm_up"):
+            return
+
+        def warm() -> None:
+            try:
+                self.inner.warm_up()
+            except Exception:  # noqa: BLE001 - the next hook meets the same error and reports it
+                pass
+
+        self._warming = threading.Thread(target=warm, name="expctl-tracker-warm-up", daemon=True)
+        self._warming.start()
+
+    def _run(self, hook: str, args: tuple, progress: Callable[[], int] | None = None,
+             keywords: dict[str, Any] | None = None) -> Any:
         """The hook's result; in a helper thread given up on after ``timeout_s`` (TimeoutError); with
         ``progress`` (a count that grows as a batch advances), after ``timeout_s`` without progress."""
+        keywords = keywords or {}
         if self.timeout_s <= 0:
-            return getattr(self.inner, hook)(*args)
+            return getattr(self.inner, hook)(*args, **keywords)
         outcome: dict[str, Any] = {}
+        warming = self._warming
 
         def call() -> None:
             try:
-                outcome["value"] = getattr(self.inner, hook)(*args)
+                if warming is not None:  # inside the timed call: a warm-up that hangs counts against it
+                    warming.join()
+                outcome["value"] = getattr(self.inner, hook)(*args, **keywords)
             except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
                 outcome["error"] = error
 
@@ -163,7 +189,7 @@ class SafeTracker(Tracker):
         return self._call("on_claim", None, job)
 
     def on_enqueue_many(self, jobs: list[Any], done: Callable[[Any, dict[str, str]], None] | None = None,
-                        ) -> dict[int, dict[str, str]]:
+                        configs: dict[int, dict] | None = None) -> dict[int, dict[str, str]]:
         """The runs created for ``jobs`` (by job id), in one go; the others are marked unsynced. Given up
         when no run was created for the timeout: what was created by then is kept."""
         created: dict[int, dict[str, str]] = {}
@@ -180,7 +206,8 @@ class SafeTracker(Tracker):
                 return len(created)
 
         failed = object()
-        outcome = self._call("on_enqueue_many", failed, list(jobs), record, progress=count)
+        outcome = self._call("on_enqueue_many", failed, list(jobs), record, progress=count,
+                             keywords={"configs": configs} if configs else None)
         with lock:
             result = dict(created)
         if outcome is failed:  # a tracker that creates no runs (none) leaves nothing to catch up

@@ -1,8 +1,10 @@
 """The MLflow runs that ``expctl enqueue`` writes in one transaction on a database store are the runs
-MLflow's client makes one by one: same tags, params, name, user, status, start time and config.yaml."""
+MLflow's client makes one by one: same tags, params, name, user, status and start time; config.yaml
+comes when the job starts."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from expctl.store import jobs
@@ -33,13 +35,15 @@ def test_a_sweeps_runs_written_in_one_transaction_match_the_clients(world: Env, 
         assert batch.data.params == reference.data.params and batch.data.params["tag"] in "abc"
         assert batch.data.tags == reference.data.tags
         assert batch.data.tags["expctl.job_id"] == str(job.id)
-        assert [artifact.path for artifact in client.list_artifacts(batch.info.run_id)] == ["config.yaml"]
-        text = Path(client.download_artifacts(batch.info.run_id, "config.yaml", str(tmp_path))).read_text()
-        assert text == job.config_yaml
+        assert client.list_artifacts(batch.info.run_id) == client.list_artifacts(reference.info.run_id) == []
 
-    # The runs live on as the client's do: the claim's status change, a search.
-    client.update_run(queued[0].tracking_run_id, status="RUNNING")
+    # The runs live on as the client's do: the claim sets the status and logs config.yaml; a search.
+    started = dataclasses.replace(queued[0], attempt=1, worker_id="w", gpus=None)
+    assert tracker.on_claim(started) is None  # the run exists: none created
     assert client.get_run(queued[0].tracking_run_id).info.status == "RUNNING"
+    assert [artifact.path for artifact in client.list_artifacts(queued[0].tracking_run_id)] == ["config.yaml"]
+    text = Path(client.download_artifacts(queued[0].tracking_run_id, "config.yaml", str(tmp_path))).read_text()
+    assert text == queued[0].config_yaml
     experiment = client.get_experiment_by_name("batch")
     assert len(client.search_runs([experiment.experiment_id], "tags.`expctl.app` = 'expctl_testapp'")) == 6
 
