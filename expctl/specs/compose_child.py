@@ -59,6 +59,7 @@ class _FastPath:
 
     def __init__(self) -> None:
         self.bases: dict[tuple, Any] = {}  # (base arguments, structural overrides) -> (hydra, job config) or None
+        self.last_config: dict | None = None  # the last printed config as data, when known without parsing it
 
     @staticmethod
     def split(hydra: Any, overrides: list[str]) -> tuple[tuple[str, ...], list[Any]] | None:
@@ -99,7 +100,9 @@ class _FastPath:
         entry = self.bases.get((base, structural))
         if entry is None:
             return None
-        return self._apply(entry, values)
+        printed = self._apply(entry, values)
+        self.last_config = entry.last_config if isinstance(entry, _Composition) and printed is not None else None
+        return printed
 
     @staticmethod
     def _apply(entry: Any, values: list[Any]) -> str | None:
@@ -148,14 +151,17 @@ _MISSING = object()
 class _Composition:
     """One composed job config reused for many specs without a deep copy each: a spec's value overrides
     are applied to a working copy, the touched top-level sections are printed (the others' text is
-    cached), and the old values are put back. The restored sections are printed again and compared with
-    the cached text; any difference (or an override this cannot put back: dicts, interpolations, new
-    keys) makes that spec use a fresh deep copy of the pristine config instead."""
+    cached, and so are they as data: only touched sections are parsed), and the old values are put back.
+    The restored values are read back and compared, type and all, with the old ones; any difference (or an
+    override this cannot put back: dicts, interpolations, new keys) makes that spec use a fresh deep copy
+    of the pristine config instead."""
 
     def __init__(self, master: Any, sections: dict[str, str]) -> None:
         self.master = master
         self.work = copy.deepcopy(master)
         self.sections = sections
+        self.parsed: dict[str, Any] = {}  # untouched sections as data, parsed once
+        self.last_config: dict | None = None  # what apply() printed, as data (parsing only touched sections)
 
     @classmethod
     def build(cls, master: Any) -> "_Composition | None":
@@ -184,6 +190,17 @@ class _Composition:
                 value = value.name
         return yaml.dump({key: value}, default_flow_style=False, allow_unicode=True, sort_keys=False,
                          Dumper=get_omega_conf_dumper())
+
+    @staticmethod
+    def _parse(key: str, text: str) -> Any:
+        import yaml
+
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))[key]
+
+    def _untouched(self, key: str) -> Any:
+        if key not in self.parsed:
+            self.parsed[key] = self._parse(key, self.sections[key])
+        return self.parsed[key]
 
     def _old_value(self, key: str) -> Any:
         """The value to put back at ``key`` (scalars and lists of them only), or _MISSING."""
@@ -216,16 +233,20 @@ class _Composition:
         saved = [(override.key_or_group, self._old_value(override.key_or_group)) for override in values]
         if any(top not in self.sections for top in tops) or any(old is _MISSING for _key, old in saved):
             return _FastPath._apply(self.master, values)  # a fresh deep copy
+        self.last_config = None
         try:
             ConfigLoaderImpl._apply_overrides_to_config(values, self.work)
-            printed = "".join(self.section(self.work, key) if key in tops else text
-                              for key, text in self.sections.items())
+            texts = {key: self.section(self.work, key) if key in tops else text for key, text in self.sections.items()}
+            printed = "".join(texts.values())
+            self.last_config = {key: self._parse(key, text) if key in tops else self._untouched(key)
+                                for key, text in texts.items()}
         except Exception:  # noqa: BLE001 - refused: the full path says why, in Hydra's words
             printed = None
         try:
             for key, old in reversed(saved):
                 OmegaConf.update(self.work, key, old, merge=False)
-            intact = all(self.section(self.work, key) == self.sections[key] for key in tops)
+            # the same values, of the same types, are back (repr: 1 and 1.0 print differently)
+            intact = all(repr(self._old_value(key)) == repr(old) for key, old in saved)
         except Exception:  # noqa: BLE001
             intact = False
         if not intact:
@@ -279,6 +300,7 @@ def main() -> None:
         index, base, overrides = item if len(item) == 3 else (item[0], item[1], [])
         printed = fast.compose(tuple(base), list(overrides))
         path = "fast" if printed is not None else "full"
+        config = fast.last_config if printed is not None else None
         if printed is not None:
             code, stdout, stderr = 0, printed, ""
         else:
@@ -287,7 +309,8 @@ def main() -> None:
             if code == 0:
                 fast.learn(tuple(base), list(overrides), stdout)
         results.write(json.dumps({"index": index, "code": code, "stdout": stdout, "stderr": stderr, "path": path,
-                                  "config": _parsed(stdout) if code == 0 else None}, default=str) + "\n")
+                                  "config": (config if config is not None else _parsed(stdout)) if code == 0 else None},
+                                 default=str) + "\n")
         results.flush()
         if code != 0:
             break

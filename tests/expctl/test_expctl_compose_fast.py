@@ -5,6 +5,7 @@ prints, byte for byte (dedup and config hashes depend on it); refusals keep Hydr
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from expctl.specs import compose
 from expctl.errors import UserError
@@ -26,6 +27,8 @@ def test_the_fast_path_prints_what_a_full_composition_prints() -> None:
         assert fast[index].config_yaml == alone.config_yaml, plan.specs[index]
         assert fast[index].config_hash == alone.config_hash
     assert len({composed.config_hash for composed in fast}) == 64
+    # the config as data that the children send along (parsed by section on the fast path) is the YAML's
+    assert all(composed.config == yaml.safe_load(composed.config_yaml) for composed in fast)
 
 
 def test_a_value_refused_on_the_fast_path_is_reported_in_hydras_words() -> None:
