@@ -122,33 +122,39 @@ def check_sizes(base: str, overrides: list[str] | tuple[str, ...]) -> None:
 # key=value with a dotted key and a value of letters, digits and ``_.-`` only, which Hydra would write back
 # as typed (no keyword such as true/null/inf, numbers as Python prints them): Hydra reads such a value as
 # one plain value (never a sweep, a function, a quote or a list), so its parser (~0.3 ms an override, the
-# larger part of expanding a 10,000-line queue file) is not needed. tests/expctl/test_expctl_cli.py checks
-# that the same plans come out both ways.
+# larger part of expanding and composing a 10,000-line queue file) is not needed. tests/expctl/
+# test_expctl_cli.py checks the values and plans against Hydra's parser.
 _PLAIN_OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*=[A-Za-z0-9_.\-]*")
 _NUMBER_LIKE = re.compile(r"-?[0-9_]*\.?[0-9_]*(?:[eE]-?[0-9_]+)?")
 _KEYWORDS = frozenset({"true", "false", "null", "nan", "inf"})
 
 
-def _is_plain(override: str) -> bool:
-    """Whether Hydra's parser would give ``override`` back unchanged as one plain, non-sweep value."""
+def plain_value(override: str) -> tuple[str, Any] | None:
+    """``(key, value)`` as Hydra's parser reads a plain ``key=value`` override (see above), else None."""
     if not _PLAIN_OVERRIDE.fullmatch(override):
-        return False
-    key, value = override.split("=", 1)
-    if key.split(".", 1)[0] == "hydra" or value.lower().lstrip("-") in _KEYWORDS:
-        return False
-    if not _NUMBER_LIKE.fullmatch(value):
-        return True
-    if re.fullmatch(r"-?[0-9]+", value):
-        return True
-    try:
-        return str(float(value)) == value  # 1e-3, 1.10, .5 are written back otherwise
-    except ValueError:
-        return False
+        return None
+    key, text = override.split("=", 1)
+    if key.split(".", 1)[0] == "hydra" or text.lower().lstrip("-") in _KEYWORDS:
+        return None
+    value: Any = text
+    if _NUMBER_LIKE.fullmatch(text):
+        if re.fullmatch(r"0|-?[1-9][0-9]*", text):
+            value = int(text)
+        elif re.fullmatch(r"-?0[0-9]+", text):
+            value = text  # 007: Hydra's grammar has no leading zeros, it is a string
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                return None
+            if str(value) != text:  # 1e-3, 1.10, .5, -0 are written back otherwise
+                return None
+    return key, value
 
 
 def expand(app: str, base: str, overrides: list[str]) -> SweepPlan:
     """Expand sweep overrides into one Spec per combination (Hydra's parser and BasicSweeper)."""
-    if all(_is_plain(override) for override in overrides):
+    if all(plain_value(override) is not None for override in overrides):
         validate_app(app)
         check_sizes(base, overrides)
         plan = SweepPlan(app=app, base=base, overrides=list(overrides), is_sweep=False)

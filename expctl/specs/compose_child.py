@@ -60,24 +60,38 @@ class _FastPath:
     def __init__(self) -> None:
         self.bases: dict[tuple, Any] = {}  # (base arguments, structural overrides) -> (hydra, job config) or None
         self.last_config: dict | None = None  # the last printed config as data, when known without parsing it
+        self.groups: dict[int, tuple[Any, dict[str, bool]]] = {}  # per config repository: key -> is a group
 
-    @staticmethod
-    def split(hydra: Any, overrides: list[str]) -> tuple[tuple[str, ...], list[Any]] | None:
+    def _is_group(self, hydra: Any, key: str) -> bool:
+        """Whether ``key`` names a config group (asked once per key: each question reads the disk)."""
+        repository = hydra.config_loader.repository
+        _kept, known = self.groups.setdefault(id(repository), (repository, {}))  # kept: its id stays its own
+        if key not in known:
+            known[key] = repository.group_exists(key) or repository.group_exists(key.replace(".", "/"))
+        return known[key]
+
+    def split(self, hydra: Any, overrides: list[str]) -> tuple[tuple[str, ...], list[Any]] | None:
         """(structural overrides as typed, parsed value overrides), or None when they cannot be parsed."""
         from hydra.core.override_parser.overrides_parser import OverridesParser
-        from hydra.core.override_parser.types import OverrideType
+        from hydra.core.override_parser.types import Override, OverrideType, ValueType
+
+        from expctl.specs.compose import plain_value
 
         try:
-            parsed = OverridesParser.create().parse_overrides(overrides=list(overrides))
+            # plain key=value overrides are read without Hydra's (slow) parser, exactly as it reads them
+            plains = {line: plain_value(line) for line in overrides}
+            others = iter(OverridesParser.create().parse_overrides(
+                overrides=[line for line in overrides if plains[line] is None]))
+            parsed = [Override(type=OverrideType.CHANGE, key_or_group=plains[line][0], value_type=ValueType.ELEMENT,
+                               _value=plains[line][1], input_line=line) if plains[line] is not None else next(others)
+                      for line in overrides]
         except Exception:  # noqa: BLE001 - the full path reports it
             return None
-        repository = hydra.config_loader.repository
         structural, values = [], []
         for override in parsed:
             key = override.key_or_group
             plain = (override.type == OverrideType.CHANGE and override.package is None and not override.is_sweep_override()
-                     and not override.is_hydra_override() and "/" not in key
-                     and not repository.group_exists(key) and not repository.group_exists(key.replace(".", "/")))
+                     and not override.is_hydra_override() and "/" not in key and not self._is_group(hydra, key))
             (values if plain else structural).append(override)
         touched = {override.key_or_group for override in structural}
         for override in values:  # a key also set structurally: order matters, keep it on the full path

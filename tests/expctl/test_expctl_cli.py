@@ -147,17 +147,28 @@ def test_sweep_expansion_uses_hydras_grammar() -> None:
 def test_plain_overrides_expand_as_hydras_parser_expands_them() -> None:
     import random
 
-    typed = ["seed=3", "optimizer.learning_rate=1e-3", "lr=0.0010123", "lr=0.00001", "a=1.10", "a=.5", "a=-",
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType, ValueType
+
+    typed = ["seed=3", "a=-0", "a=00", "a=-007", "a=0.0", "a=-0.0", "optimizer.learning_rate=1e-3", "lr=0.0010123", "lr=0.00001", "a=1.10", "a=.5", "a=-",
              "a=+1", "a=", "a.b_c=d.e", "x=1.2.3", "y=-inf", "z=null", "t=True", "u=0x1f", "v=1_000", "w=007",
              "model=deepspeech", "hydra_like=1", "n=12345678901234567890"]
     generator = random.Random(0)
     typed += ["k=" + "".join(generator.choice("0123456789eE._-+aZ") for _ in range(generator.randint(0, 6)))
               for _ in range(300)]
+    parser = OverridesParser.create()
+    for override in typed:
+        plain = compose.plain_value(override)
+        if plain is not None:  # the value Hydra's parser reads, of the same type
+            parsed = parser.parse_override(override)
+            assert (parsed.type, parsed.value_type, parsed.package) == (OverrideType.CHANGE, ValueType.ELEMENT, None)
+            assert plain == (parsed.key_or_group, parsed.value()), override
+            assert type(plain[1]) is type(parsed.value()), override
     for overrides in [[override] for override in typed] + [typed[:20]]:
         try:
             parsed = compose.expand_with_hydra("app", "config", overrides)
         except UserError:
-            assert not all(compose._is_plain(override) for override in overrides), overrides
+            assert not all(compose.plain_value(override) for override in overrides), overrides
             continue
         shortcut = compose.expand("app", "config", overrides)
         assert (shortcut.specs, shortcut.is_sweep) == (parsed.specs, parsed.is_sweep), overrides
