@@ -11,7 +11,7 @@ from typing import Callable, List, Optional, TypeVar
 
 import typer
 
-from asr.errors import UserError
+from asr.errors import UserError, run_cli
 
 app = typer.Typer(help="Speech recognition on Keras.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Corpora: synthesise or import, write manifests.", no_args_is_help=True)
@@ -162,7 +162,7 @@ def models_list(
 
 
 def main() -> None:
-    app()
+    run_cli(app, "asr")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from expctl.cli_common import (
 )
 from expctl.daemon.gpus import parse_gpu_spec
 from expctl.daemon.loop import Daemon, DaemonOptions
-from expctl.errors import Interrupted, UserError
+from expctl.errors import Interrupted, UserError, run_cli
 from expctl.specs import compose, queue_file
 from expctl.specs.submit import Request, submit
 from expctl.store import actions, claims, jobs
@@ -391,7 +391,7 @@ def workers(all_workers: bool = typer.Option(False, "--all", help="Include stopp
 def main() -> None:
     """Console-script entry point: user mistakes become one ``error:`` line and exit status 2."""
     try:
-        app()
+        run_cli(app, "expctl")
     except UserError as error:
         error_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -177,3 +177,17 @@ def test_missing_model(workspace: dict[str, Path]) -> None:
     result = invoke("evaluate", "--model", workspace["folder"] / "none.bin", "--manifest", workspace["manifest"])
     assert result.exit_code == 2
     assert "model bundle not found" in result.output
+
+
+def test_usage_mistakes_are_one_line_naming_the_help() -> None:
+    import subprocess
+    import sys
+
+    for arguments, fragment in ((["transcribe", "--bogus"], "No such option: --bogus"),
+                                (["transcribe"], "Missing argument"),
+                                (["data", "synth", "--out", "x", "--count", "many"], "Invalid value for '--count'")):
+        done = subprocess.run([str(Path(sys.executable).with_name("asr")), *arguments], capture_output=True,
+                              text=True, timeout=120)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+        assert fragment in lines[0] and f"'asr {' '.join(arguments[:2] if arguments[0] == 'data' else arguments[:1])} --help'" in lines[0]

@@ -102,6 +102,10 @@ def test_cli_errors_are_one_clear_line(world: Env) -> None:
         (("enqueue", "--file", str(world.root / "absent.txt")), ("not found",)),
         (("list", "--status", "bogus"), ("unknown status 'bogus'",)),
         (("--tracking", "bogus", "enqueue", "config", *TESTAPP), ("unknown tracker 'bogus'",)),
+        # usage mistakes caught by Typer itself: one line too, naming the help to read
+        (("enqueue", "--bogus"), ("No such option: --bogus", "'expctl enqueue --help'")),
+        (("list", "--limit", "abc"), ("Invalid value for '--limit'", "'expctl list --help'")),
+        (("show",), ("Missing argument", "'expctl show --help'")),
     ]
     if os.geteuid() != 0:  # root reads anything
         cases.append((("enqueue", "--file", str(unreadable)), ("not readable",)))
