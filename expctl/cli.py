@@ -54,6 +54,8 @@ def enqueue(
 
     if file is not None and (base is not None or overrides):
         raise UserError("give either BASE [OVERRIDES...] or --file, not both")
+    tracker = chosen_tracker()
+    tracker.warm_up()  # MLflow's import (seconds) starts now, beside reading and composing the specs
     common = dict(app=compose.validate_app(app_module), priority=priority, max_attempts=max_attempts,
                   allow_duplicate=allow_duplicate)
     if file is not None:
@@ -63,7 +65,6 @@ def enqueue(
         raise UserError("nothing to enqueue: give BASE [OVERRIDES...] or --file FILE")
     else:
         requests = [Request(base=base, overrides=tuple(overrides or ()), name=name, **common)]
-    tracker = chosen_tracker()
     results = submit(state.engine(), requests, tracker)
     total = sum(len(result.jobs) for result in results)
     for result in results:

@@ -37,6 +37,7 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+@functools.lru_cache(maxsize=4096)  # the same keys come back for every job of a sweep
 def metric_key(key: str) -> str:
     """A name MLflow accepts (letters, digits, ``_ - . / space``)."""
     return _INVALID_KEY.sub("_", str(key))[:250]
@@ -44,13 +45,18 @@ def metric_key(key: str) -> str:
 
 def flatten(config: Any, prefix: str = "") -> dict[str, str]:
     """``{"model": {"parameters": {"rnn_sizes": [1]}}}`` → ``{"model.parameters.rnn_sizes": "[1]"}``."""
+    flat: dict[str, str] = {}
+    _flatten_into(flat, config, prefix)
+    return flat
+
+
+def _flatten_into(flat: dict[str, str], config: Any, prefix: str) -> None:
     if isinstance(config, dict):
-        flat: dict[str, str] = {}
         for key, value in config.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat
-    value = json.dumps(config) if isinstance(config, (list, dict)) else str(config)
-    return {metric_key(prefix.rstrip(".")): value[:PARAM_VALUE_LIMIT]}
+            _flatten_into(flat, value, f"{prefix}{key}.")
+        return
+    value = json.dumps(config) if isinstance(config, list) else str(config)
+    flat[metric_key(prefix.rstrip("."))] = value[:PARAM_VALUE_LIMIT]
 
 
 def numeric_leaves(value: Any, prefix: str = "") -> dict[str, float]:

@@ -7,14 +7,19 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from expctl.store import jobs
 from expctl.tracking.mlflow_runs import MlflowTracker
 from expctl_helpers import Env
 
 
 
-def test_a_sweeps_runs_written_in_one_transaction_match_the_clients(world: Env, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_sweeps_runs_written_in_one_transaction_match_the_clients(world: Env, tmp_path: Path, store: str,
+                                                                     request: pytest.FixtureRequest) -> None:
+    # the MLflow store: a SQLite file, or a fresh PostgreSQL schema (the queue stays on SQLite)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if store == "sqlite" else request.getfixturevalue("pg_url")
     world.vars.update(EXPCTL_TRACKING="mlflow", MLFLOW_TRACKING_URI=uri, EXPCTL_TRACKER_TIMEOUT="120")
     world.run("enqueue", "--app", "expctl_testapp", "--name", "grid", "config", "tag=a,b,c",
               "+experiment.name=batch", check=True)
