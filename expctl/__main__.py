@@ -1,6 +1,6 @@
 """``python -m expctl`` is the ``expctl`` command."""
 
-from expctl.cli import main
+from expctl.cli import script
 
 if __name__ == "__main__":
-    main()
+    script()

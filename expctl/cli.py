@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,6 +56,7 @@ def enqueue(
 
     if file is not None and (base is not None or overrides):
         raise UserError("give either BASE [OVERRIDES...] or --file, not both")
+    engine = state.engine()  # the queue first: a new one is migrated before MLflow's store opens beside it
     tracker = chosen_tracker()
     tracker.warm_up()  # MLflow's import (seconds) starts now, beside reading and composing the specs
     common = dict(app=compose.validate_app(app_module), priority=priority, max_attempts=max_attempts,
@@ -65,7 +68,7 @@ def enqueue(
         raise UserError("nothing to enqueue: give BASE [OVERRIDES...] or --file FILE")
     else:
         requests = [Request(base=base, overrides=tuple(overrides or ()), name=name, **common)]
-    results = submit(state.engine(), requests, tracker)
+    results = submit(engine, requests, tracker)
     total = sum(len(result.jobs) for result in results)
     for result in results:
         ids = _id_list([job.id for job in result.jobs])
@@ -406,5 +409,26 @@ def main() -> None:
         sys.exit(1)
 
 
+def script() -> None:
+    """The ``expctl`` console script: :func:`main`, then, once MLflow was imported, an exit that skips
+    the interpreter's teardown of MLflow's module graph (about 1 s here, a fifth of a 1,000-job
+    enqueue). Everything is written, committed and flushed by then; atexit handlers still run."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_request:
+        if "mlflow" not in sys.modules:
+            raise
+        code = exit_request.code if isinstance(exit_request.code, int) else (0 if exit_request.code is None else 1)
+        if isinstance(exit_request.code, str):
+            print(exit_request.code, file=sys.stderr)
+    if "mlflow" not in sys.modules:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    script()

@@ -9,6 +9,7 @@ PostgreSQL: psycopg 3. Migrations (Alembic, inside this package) run automatical
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ PG_MIGRATION_LOCK_KEY = 0x657870_63746C
 SCHEMA_REVISION = "0002_job_folders"
 # Execution option marking a connection that only reads (plain deferred BEGIN on SQLite).
 READ_ONLY_OPTION = "expctl_read_only"
+# Alembic's ``context`` and ``op`` are module-wide proxies: two migrations at once in one process (the
+# queue's, and an MLflow store's opened by a helper thread) would run each other's scripts. Both hold this.
+ALEMBIC_LOCK = threading.Lock()
 
 
 def default_url() -> str:
@@ -186,7 +190,8 @@ def upgrade(engine: Engine, *, only_if_needed: bool = False) -> str:
         with engine.begin() as connection:  # BEGIN IMMEDIATE on SQLite: one migrator at a time
             if engine.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK_KEY})
-            command.upgrade(_alembic_config(connection), "head")
+            with ALEMBIC_LOCK:
+                command.upgrade(_alembic_config(connection), "head")
     except OperationalError as error:
         raise UserError(f"cannot open the queue database {engine.url!r}: {first_line(error)}") from None
     except SQLAlchemyError as error:

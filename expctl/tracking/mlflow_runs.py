@@ -33,6 +33,7 @@ from typing import Any, Callable
 import yaml
 
 from expctl.errors import first_line
+from expctl.store.db import ALEMBIC_LOCK
 from expctl.tracking.hooks import TrackingPaused
 from expctl.tracking.mlflow_data import (
     METRICS_FILE,
@@ -108,7 +109,8 @@ class MlflowTracker:
 
             for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):
                 logging.getLogger(noisy).setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
-            self._clients[uri] = MlflowClient(tracking_uri=uri)
+            with ALEMBIC_LOCK:  # the client opens its store, which may create or upgrade MLflow's tables
+                self._clients[uri] = MlflowClient(tracking_uri=uri)
         return self._clients[uri]
 
     @property

@@ -56,3 +56,42 @@ def test_a_sweeps_runs_written_in_one_transaction_match_the_clients(world: Env, 
 def test_without_a_tracker_enqueue_warns_of_nothing_to_catch_up(world: Env) -> None:
     queued = world.run("enqueue", "--app", "expctl_fastapp", "config", "tag=a,b", check=True)  # EXPCTL_TRACKING=none
     assert "sweep 1: queued 2 jobs" in queued.stdout and "could not track" not in queued.stderr, queued.stderr
+
+
+def test_the_queues_and_mlflows_migrations_never_cross_in_one_process(tmp_path: Path) -> None:
+    # enqueue opens MLflow's store in a helper thread while a new queue database migrates: Alembic's
+    # module-wide context once ran one's scripts on the other ("no such table: jobs" in CI)
+    import threading
+
+    import sqlalchemy
+    from sqlalchemy import inspect
+
+    from expctl.store import db
+
+    for attempt in range(4):
+        queue = db.create_engine(f"sqlite:///{tmp_path / f'queue{attempt}.db'}", migrate=False)
+        tracker = MlflowTracker(uri=f"sqlite:///{tmp_path / f'mlflow{attempt}.db'}")
+        opened = threading.Thread(target=tracker.client)
+        opened.start()
+        db.upgrade(queue)
+        opened.join()
+        assert {"jobs", "sweeps"} <= set(inspect(queue).get_table_names())
+        assert "runs" not in inspect(queue).get_table_names()
+        mlflow_store = sqlalchemy.create_engine(tracker.uri)
+        assert {"runs", "experiments"} <= set(inspect(mlflow_store).get_table_names())
+        queue.dispose()
+        mlflow_store.dispose()
+
+
+def test_the_console_script_keeps_exit_codes_and_output_when_it_skips_mlflows_teardown(world: Env,
+                                                                                      tmp_path: Path) -> None:
+    # once MLflow is imported the script ends with os._exit: runs, rows, messages and codes must all be there
+    world.vars.update(EXPCTL_TRACKING="mlflow", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    queued = world.cli("enqueue", "--app", "expctl_testapp", "config", "tag=a,b", check=True)
+    assert "sweep 1: queued 2 jobs (1, 2)" in queued.stdout
+    runs = [job.tracking_run_id for job in jobs.list_jobs(world.engine)]
+    assert all(runs) and {MlflowTracker(world.vars["MLFLOW_TRACKING_URI"]).client().get_run(run).info.status
+                          for run in runs} == {"SCHEDULED"}
+    refused = world.cli("enqueue", "--app", "expctl_testapp", "no_such_base")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: ") and len(refused.stderr.splitlines()) == 1
+    assert len(jobs.list_jobs(world.engine)) == 2
