@@ -199,15 +199,29 @@ def list_command(
     if as_json:
         print_json([_job_json(job) for job in found])
         return
+    columns = ["id", "status", "name", "attempt", "sweep", "prio", "worker", "updated", "reason"]
+    rows = [dict(zip(columns, (
+        str(job.id), Text(job.status, style=_STATUS_STYLE.get(job.status, "")), job.name,
+        f"{job.attempts_used}/{job.max_attempts}", str(job.sweep_id or "-"), str(job.priority),
+        job.worker_id or "-", ago(job.updated_at), job.end_reason or ""))) for job in found]
+    # One line a job. The name and the reason share what the other columns leave of the terminal and end in
+    # an ellipsis (``expctl show ID`` has them whole); on a narrow terminal prio and worker go first.
+    widths = {column: max([len(column), *(len(str(row[column])) for row in rows)]) for column in columns}
+
+    def room() -> int:
+        fixed = sum(widths[column] for column in columns if column not in ("name", "reason"))
+        return console.width - fixed - 3 * len(columns) - 1
+
+    for optional in ("worker", "prio"):
+        if room() < 30:
+            columns.remove(optional)
+    reason_width = min(widths["reason"], max(6, room() // 3))
+    limits = {"name": max(8, min(widths["name"], room() - reason_width)), "reason": reason_width}
     table = Table(title=f"{len(found)} job(s)")
-    for column in ("id", "status", "name", "attempt", "sweep", "prio", "worker", "updated", "reason"):
-        table.add_column(column, overflow="fold")
-    for job in found:
-        table_row(
-            table, job.id, Text(job.status, style=_STATUS_STYLE.get(job.status, "")), job.name,
-            f"{job.attempts_used}/{job.max_attempts}", str(job.sweep_id or "-"), str(job.priority),
-            job.worker_id or "-", ago(job.updated_at), job.end_reason or "",
-        )
+    for column in columns:
+        table.add_column(column, no_wrap=True, overflow="ellipsis", width=limits.get(column))
+    for row in rows:
+        table_row(table, *(row[column] for column in columns))
     console.print(table)
 
 

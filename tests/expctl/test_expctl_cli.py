@@ -255,3 +255,17 @@ def test_ctrl_c_stops_an_enqueue_and_leaves_no_rows(any_world: Env) -> None:
     assert process.returncode == 130 and err.strip() == "error: interrupted: nothing was queued", err
     assert not any(pid_alive(pid) for pid in composers)  # the composers were stopped too
     assert jobs.list_jobs(world.engine) == []
+
+
+def test_list_shows_one_line_a_job_whatever_the_name_and_the_terminal(world: Env) -> None:
+    long_name = "a sweep with a long name " + "x" * 150
+    world.run("enqueue", *TESTAPP, "--name", long_name, "config", "tag=a,b", check=True)
+    for width in ("60", "80", "200"):
+        world.vars["COLUMNS"] = width
+        listed = world.cli("list", check=True).stdout.splitlines()
+        rows = [line for line in listed if line.startswith("│")]
+        assert len(rows) == 2 and all("│ a swe" in row and "…" in row for row in rows), listed
+        assert all(len(line) <= int(width) for line in listed), listed
+        if width == "200":
+            assert "worker" in listed[2] and "prio" in listed[2]  # narrow terminals leave these to show
+    assert long_name in world.cli("show", "1", "--json", check=True).stdout
