@@ -80,8 +80,10 @@ def _versions() -> dict[str, str]:
 
 
 def save_bundle(path: str | Path, model: Any, configuration: DictConfig, alphabet: Alphabet,
-                metrics: dict | None = None, language_model: str | Path | None = None) -> Path:
-    """Write the bundle atomically; returns its path. ``language_model`` is copied into ``lm/``."""
+                metrics: dict | None = None, language_model: str | Path | None = None,
+                test: dict | None = None) -> Path:
+    """Write the bundle atomically; returns its path. ``language_model`` is copied into ``lm/``; ``test``
+    says how the test ``metrics`` were measured (``decoder``, ``manifest``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     configuration = OmegaConf.create(OmegaConf.to_container(configuration, resolve=True))
@@ -94,7 +96,8 @@ def save_bundle(path: str | Path, model: Any, configuration: DictConfig, alphabe
         configuration.decoder.lm_path = lm_entry
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": _versions(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "metrics": metrics or {},
-                "model": {"name": configuration.model.name, "parameters": int(model.count_params())}}
+                "model": {"name": configuration.model.name, "parameters": int(model.count_params())},
+                **({"test": test} if test else {})}
     with tempfile.TemporaryDirectory(prefix=".bundle-", dir=path.parent) as scratch, atomic_path(path) as temporary:
         model_file = Path(scratch) / MODEL_ENTRY
         model.save(model_file)
@@ -108,9 +111,11 @@ def save_bundle(path: str | Path, model: Any, configuration: DictConfig, alphabe
     return path
 
 
-def update_bundle(path: str | Path, decoder: dict, language_model: str | Path | None = None) -> None:
-    """Rewrite a bundle atomically with new ``decoder`` settings and, optionally, ``language_model`` under
-    ``lm/`` (replacing the one there; ``decoder.lm_path`` then names its entry). Other entries are copied
+def update_bundle(path: str | Path, decoder: dict | None = None, language_model: str | Path | None = None,
+                  metadata: dict | None = None) -> None:
+    """Rewrite a bundle atomically with new ``decoder`` settings, optionally ``language_model`` under ``lm/``
+    (replacing the one there; ``decoder.lm_path`` then names its entry) and ``metadata`` merged into
+    ``metadata.json`` (one level deep: ``{"metrics": {...}}`` adds to the metrics). Other entries are copied
     unchanged, streamed, after the same checks as :func:`load_bundle` (entries, sizes)."""
     path = Path(path)
     if language_model is not None:
@@ -122,16 +127,23 @@ def update_bundle(path: str | Path, decoder: dict, language_model: str | Path | 
         _check_entries(path, source)
         check_sizes(path, source)  # a bomb is refused before anything is inflated
         configuration = OmegaConf.create(_read_text_entry(source, CONFIGURATION_ENTRY).decode("utf-8"))
-        configuration = OmegaConf.merge(configuration, {"decoder": decoder})
+        configuration = OmegaConf.merge(configuration, {"decoder": decoder or {}})
         if language_model is not None:
             configuration.decoder.lm_path = LM_FOLDER + language_model.name
+        rewritten = {CONFIGURATION_ENTRY: OmegaConf.to_yaml(configuration)}
+        if metadata:
+            merged = json.loads(_read_text_entry(source, METADATA_ENTRY))
+            for key, value in metadata.items():
+                both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+                merged[key] = {**merged[key], **value} if both_dicts else value
+            rewritten[METADATA_ENTRY] = json.dumps(merged, indent=2, default=str)
         mode = os.stat(path).st_mode & 0o777
         with atomic_path(path) as temporary, zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as target:
             for info in source.infolist():
                 if language_model is not None and info.filename.startswith(LM_FOLDER):
                     continue
-                if info.filename == CONFIGURATION_ENTRY:
-                    target.writestr(info, OmegaConf.to_yaml(configuration), compress_type=info.compress_type)
+                if info.filename in rewritten:
+                    target.writestr(info, rewritten[info.filename], compress_type=info.compress_type)
                     continue
                 with source.open(info) as member, target.open(info, "w") as copy:
                     shutil.copyfileobj(member, copy, _CHUNK)

@@ -127,11 +127,14 @@ def evaluate(
     decoder: Optional[str] = typer.Option(None, help="greedy, beam or beam_lm (default: the bundle's)."),
     report: Optional[Path] = typer.Option(None, help="Write a JSON report here."),
     worst: int = typer.Option(10, help="How many worst utterances to show."),
+    record: bool = typer.Option(False, "--record", help="Write the figures into the bundle as its test figures "
+                                                       "(shown by asr models list)."),
 ) -> None:
     """WER and CER of a model on a manifest, with a per-utterance table."""
     from asr import evaluate as evaluate_module
 
-    _run(lambda: evaluate_module.main(model=model, manifest=manifest, decoder=decoder, report=report, worst=worst))
+    _run(lambda: evaluate_module.main(model=model, manifest=manifest, decoder=decoder, report=report, worst=worst,
+                                      record=record))
 
 
 @app.command("export")

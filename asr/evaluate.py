@@ -171,15 +171,26 @@ def print_evaluation(evaluation: Evaluation, worst: int, title: str = "") -> Non
     console.print(table)
 
 
+def writable_bundle(model: str, verb: str, otherwise: str) -> Path:
+    """The local bundle ``model`` names, refused (one line saying what to do) when it lives in MLflow or
+    is a packaged model: those are never rewritten in place."""
+    if str(model).startswith(("models:/", "runs:/")):
+        raise UserError(f"{model} lives in MLflow: {verb} a local copy of its bundle, or {otherwise}")
+    bundle_path = resolve_model_path(model)
+    if bundle_path.resolve().parent == PACKAGE_FOLDER:
+        raise UserError(f"{model} is a packaged model: {verb} a copy of {bundle_path}, or {otherwise}")
+    return bundle_path
+
+
 def main(model: str, manifest: Path, decoder: Optional[str] = None, report: Optional[Path] = None,
-         worst: int = 10) -> Evaluation:
-    """``asr evaluate``."""
+         worst: int = 10, record: bool = False) -> Evaluation:
+    """``asr evaluate``; with ``record``, the figures become the bundle's test figures (``asr models list``)."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise UserError(f"manifest not found: {manifest}")
     read_references(manifest)  # fail on a bad or empty manifest before loading TensorFlow
     started = time.perf_counter()
-    bundle = resolve_model_path(model)
+    bundle = writable_bundle(model, "record figures in", "leave out --record") if record else resolve_model_path(model)
     from asr.pipeline import load_model  # TensorFlow: see the module docstring
 
     pipeline = load_model(bundle)
@@ -190,6 +201,11 @@ def main(model: str, manifest: Path, decoder: Optional[str] = None, report: Opti
                     "wall_seconds": round(time.perf_counter() - started, 3), **evaluation.to_dict(worst)}
         write_atomically(report, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
         print(f"report written to {report}")
+    if record:
+        update_bundle(bundle, metadata={
+            "metrics": {"test_wer": evaluation.wer, "test_cer": evaluation.cer, "test_utterances": len(evaluation.scores)},
+            "test": {"decoder": evaluation.decoder, "manifest": manifest.name}})
+        print(f"recorded in {bundle}: test WER {evaluation.wer:.2%}, CER {evaluation.cer:.2%} ({evaluation.decoder})")
     return evaluation
 
 
@@ -247,11 +263,7 @@ def tune_main(model: str, manifest: Path, lm_path: Optional[Path] = None, trials
         raise UserError(f"manifest not found: {manifest}")
     files, references, _ = read_references(manifest)
     search_pairs(trials, start=(0.0, 0.0))  # a bad --trials fails before the model loads
-    if write and str(model).startswith(("models:/", "runs:/")):
-        raise UserError(f"{model} lives in MLflow: tune a local copy of its bundle, or pass --no-write")
-    bundle_path = resolve_model_path(model)
-    if write and bundle_path.resolve().parent == PACKAGE_FOLDER:
-        raise UserError(f"{model} is a packaged model: tune a copy of {bundle_path}, or pass --no-write")
+    bundle_path = writable_bundle(model, "tune", "pass --no-write") if write else resolve_model_path(model)
     from asr.decoding.decoders import make_decoder  # TensorFlow and pyctcdecode: see the module docstring
     from asr.inference import logits_of_files
     from asr.pipeline import load_model

@@ -103,7 +103,9 @@ def run(config: DictConfig, callbacks: Sequence[Any] = ()) -> dict:
     metrics = {"best_val_loss": result["best_val_loss"],
                **{f"test_{key}": value for key, value in result.get("test", {}).items() if key != "decoder"},
                **{f"test_greedy_{key}": value for key, value in result.get("test_greedy", {}).items()}}
-    save_bundle(exp_dir / "model.bin", training.model, config, alphabet, metrics=metrics)
+    test = ({"decoder": result["test"]["decoder"], "manifest": Path(config.data.test_manifest).name}
+            if "test" in result else None)
+    save_bundle(exp_dir / "model.bin", training.model, config, alphabet, metrics=metrics, test=test)
     result["model_bundle"] = str(exp_dir / "model.bin")
     result["total_seconds"] = round(time.perf_counter() - started, 2)
     write_atomically(exp_dir / "result.json", json.dumps(result, indent=2, default=str) + "\n")

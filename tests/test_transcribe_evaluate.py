@@ -118,6 +118,32 @@ def test_tune_writes_weights_and_language_model_into_the_bundle(workspace: dict[
     assert bundle.read_bytes() == before
 
 
+def test_evaluate_record_makes_the_figures_the_bundles_test_figures(workspace: dict[str, Path], tmp_path: Path) -> None:
+    import json
+    import zipfile
+
+    from asr.pretrained.registry import describe_bundle
+
+    bundle = tmp_path / "recorded.bin"
+    bundle.write_bytes(workspace["bundle"].read_bytes())
+    before = json.loads(zipfile.ZipFile(bundle).read("metadata.json"))
+    result = invoke("evaluate", "--model", bundle, "--manifest", workspace["manifest"], "--decoder", "beam",
+                    "--worst", "0", "--record")
+    assert result.exit_code == 0, result.output
+    summary = result.output.splitlines()[0]  # "WER 83.33%  CER ..."
+    entry = describe_bundle(bundle, "path")
+    assert summary.startswith(f"WER {entry.metrics['test_wer']:.2%}  CER {entry.metrics['test_cer']:.2%}")
+    assert entry.test == {"decoder": "beam", "manifest": workspace["manifest"].name}
+    after = json.loads(zipfile.ZipFile(bundle).read("metadata.json"))
+    assert after["model"] == before["model"] and after["versions"] == before["versions"]  # the rest is kept
+    assert {key: after["metrics"][key] for key in before["metrics"] if not key.startswith("test_")} == \
+        {key: value for key, value in before["metrics"].items() if not key.startswith("test_")}
+
+    # the packaged model is never rewritten in place: one line, nothing written
+    packaged = invoke("evaluate", "--model", "en", "--manifest", workspace["manifest"], "--record")
+    assert packaged.exit_code == 2 and "is a packaged model: record figures in a copy" in packaged.output
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 

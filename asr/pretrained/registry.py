@@ -189,6 +189,7 @@ class InstalledModel:
     language_model: bool = False
     created: str | None = None
     metrics: dict = field(default_factory=dict)
+    test: dict = field(default_factory=dict)  # how the test metrics were measured: decoder, manifest
     card: str | None = None  # a model card ``<name>.md`` next to the bundle
     shadowed_by: str | None = None  # an earlier folder holds the same name: load_model(name) takes that one
     error: str | None = None  # not a readable bundle: why
@@ -220,6 +221,7 @@ def describe_bundle(path: Path, where: str) -> InstalledModel:
     entry.language_model = any(name.startswith(LM_FOLDER) and not name.endswith("/") for name in names)
     entry.created = metadata.get("created")
     entry.metrics = metadata.get("metrics") if isinstance(metadata.get("metrics"), dict) else {}
+    entry.test = metadata.get("test") if isinstance(metadata.get("test"), dict) else {}
     if entry.parameters is None:  # older bundles: count them the slow way
         try:
             entry.parameters = _count_parameters(path)
@@ -257,25 +259,26 @@ def _percent(value: Any) -> str:
 def print_models(models: list[InstalledModel], folders: list[ModelFolder]) -> None:
     """A rich table of ``models``, the folders as its caption; text from files and names is escaped."""
     caption = "; ".join(f"{escape(folder.where)}: {escape(str(folder.path))}" for folder in folders)
-    # the figures come from the bundle's training run: its test split, decoded as configured then (greedy for
-    # `en`, whose beam_lm decoder was added when it was packaged; docs/models/en.md has both)
-    table = Table(title="installed models (WER, CER: the test split of the training run, decoded as configured "
-                        "then; load one as asr.load_model(NAME), --model NAME, trainer.init_from=NAME)",
-                  caption=caption, box=box.SIMPLE_HEAD)
+    # the figures: the bundle's test split, from its training run or a later `asr evaluate --record`
+    table = Table(title="installed models (WER, CER: the bundle's test figures, decoded as 'tested' says; load one "
+                        "as asr.load_model(NAME), --model NAME, trainer.init_from=NAME)",
+                  caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for column, justify in (("name", "left"), ("where", "left"), ("MB", "right"), ("params", "right"),
-                            ("model", "left"), ("decoder", "left"), ("WER", "right"), ("CER", "right")):
-        table.add_column(column, justify=justify, overflow="fold")
+                            ("model", "left"), ("decoder", "left"), ("WER", "right"), ("CER", "right"),
+                            ("tested", "left")):
+        table.add_column(column, justify=justify, overflow="fold", no_wrap=column in ("MB", "params", "WER", "CER"))
     for entry in models:
         name = escape(entry.name) + (" [dim](shadowed)[/dim]" if entry.shadowed_by else "")
         size = f"{entry.size_mb:.2f}" if entry.size_mb < 10 else f"{entry.size_mb:.0f}"
         if entry.error:
-            table.add_row(name, escape(entry.where), size, "", "[red]" + escape(entry.error) + "[/red]", "", "", "")
+            table.add_row(name, escape(entry.where), size, "", "[red]" + escape(entry.error) + "[/red]", "", "", "", "")
             continue
         decoder = (entry.decoder or "") + (" + LM" if entry.language_model and entry.decoder != "beam_lm" else "")
         table.add_row(name, escape(entry.where), size,
                       f"{entry.parameters:,}" if entry.parameters is not None else "?",
                       escape(entry.architecture or ""), escape(decoder),
-                      _percent(entry.metrics.get("test_wer")), _percent(entry.metrics.get("test_cer")))
+                      _percent(entry.metrics.get("test_wer")), _percent(entry.metrics.get("test_cer")),
+                      escape(str(entry.test.get("decoder", "?"))) if entry.metrics.get("test_wer") is not None else "")
     Console(soft_wrap=False).print(table)
 
 

@@ -26,6 +26,8 @@ cp "$run/model.bin" "$corpus/en.bin"
 # Tuning decodes the dev logits once per trial: a subset keeps it to minutes on 2 cores.
 head -n "${TUNE_UTTERANCES:-400}" "$corpus/dev.jsonl" > "$corpus/dev-tune.jsonl"
 asr lm tune --model "$corpus/en.bin" --manifest "$corpus/dev-tune.jsonl" --lm "$corpus/lm.arpa" --trials "${TRIALS:-12}"
+# The bundle's test figures (asr models list), decoded as it ships: the test split (training voices, sentences never heard).
+asr evaluate --model "$corpus/en.bin" --manifest "$corpus/test.jsonl" --worst 0 --record
 dest=${DEST:-asr/pretrained/en.bin}
 mkdir -p "$(dirname "$dest")"
 cp "$corpus/en.bin" "$dest"
