@@ -52,8 +52,10 @@ def test_a_composed_spec_runs_like_the_queue_runs_it(corpus, tmp_path):
     # the test set is scored with the configured decoder, greedy beside it; the bundle keeps both
     assert result["test"]["decoder"] == "beam" and {"wer", "cer"} <= set(result["test_greedy"])
     with zipfile.ZipFile(job / "model.bin") as bundle:
-        metrics = json.loads(bundle.read("metadata.json"))["metrics"]
+        metadata = json.loads(bundle.read("metadata.json"))
+    metrics = metadata["metrics"]
     assert metrics["test_wer"] == result["test"]["wer"] and metrics["test_greedy_cer"] == result["test_greedy"]["cer"]
+    assert metadata["test"]["decoder"] == "beam"  # asr models list says how test_wer was measured
     assert (job / "model.bin").is_file() and (job / "checkpoints" / "checkpoint").is_file()
     assert json.loads((job / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 1
 
