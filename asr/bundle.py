@@ -114,8 +114,8 @@ def save_bundle(path: str | Path, model: Any, configuration: DictConfig, alphabe
 def update_bundle(path: str | Path, decoder: dict | None = None, language_model: str | Path | None = None,
                   metadata: dict | None = None) -> None:
     """Rewrite a bundle atomically with new ``decoder`` settings, optionally ``language_model`` under ``lm/``
-    (replacing the one there; ``decoder.lm_path`` then names its entry) and ``metadata`` merged into
-    ``metadata.json`` (one level deep: ``{"metrics": {...}}`` adds to the metrics). Other entries are copied
+    (replacing the one there; ``decoder.lm_path`` then names its entry) and ``metadata``'s keys replacing
+    those of ``metadata.json``. Other entries are copied
     unchanged, streamed, after the same checks as :func:`load_bundle` (entries, sizes)."""
     path = Path(path)
     if language_model is not None:
@@ -132,10 +132,7 @@ def update_bundle(path: str | Path, decoder: dict | None = None, language_model:
             configuration.decoder.lm_path = LM_FOLDER + language_model.name
         rewritten = {CONFIGURATION_ENTRY: OmegaConf.to_yaml(configuration)}
         if metadata:
-            merged = json.loads(_read_text_entry(source, METADATA_ENTRY))
-            for key, value in metadata.items():
-                both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
-                merged[key] = {**merged[key], **value} if both_dicts else value
+            merged = {**json.loads(_read_text_entry(source, METADATA_ENTRY)), **metadata}
             rewritten[METADATA_ENTRY] = json.dumps(merged, indent=2, default=str)
         mode = os.stat(path).st_mode & 0o777
         with atomic_path(path) as temporary, zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as target:

@@ -202,9 +202,11 @@ def main(model: str, manifest: Path, decoder: Optional[str] = None, report: Opti
         write_atomically(report, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
         print(f"report written to {report}")
     if record:
-        update_bundle(bundle, metadata={
-            "metrics": {"test_wer": evaluation.wer, "test_cer": evaluation.cer, "test_utterances": len(evaluation.scores)},
-            "test": {"decoder": evaluation.decoder, "manifest": manifest.name}})
+        # the new test figures replace all the old ones (a training run's greedy ones were of another decoding)
+        kept = {key: value for key, value in pipeline.metadata.get("metrics", {}).items() if not key.startswith("test_")}
+        figures = {"test_wer": evaluation.wer, "test_cer": evaluation.cer, "test_utterances": len(evaluation.scores)}
+        update_bundle(bundle, metadata={"metrics": {**kept, **figures},
+                                        "test": {"decoder": evaluation.decoder, "manifest": manifest.name}})
         print(f"recorded in {bundle}: test WER {evaluation.wer:.2%}, CER {evaluation.cer:.2%} ({evaluation.decoder})")
     return evaluation
 
