@@ -162,6 +162,7 @@ class AugmentConfig:
     noise_probability: float = 0.0  # share of training utterances that get noise
     noise_snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])  # SNR drawn uniformly from [low, high]
     noise_dir: Optional[str] = None  # folder of noise recordings; None: white noise
+    vtlp_warp: float = 0.0  # vocal-tract-length perturbation of log-mel features: frequencies scaled by 1 +- up to this; 0 off
 
 
 @dataclass
@@ -224,6 +225,9 @@ def check_augment_config(augment: Any) -> None:
     snr = list(augment.noise_snr_db)
     if len(snr) != 2 or snr[0] > snr[1]:
         raise UserError(f"augment.noise_snr_db must be [low, high] with low <= high, got {snr}")
+    if not 0.0 <= augment.vtlp_warp <= 0.3:
+        raise UserError(f"augment.vtlp_warp must be in [0, 0.3] (0.1 scales each utterance's frequencies by 0.9-1.1), "
+                        f"got {augment.vtlp_warp}")
     if augment.noise_dir and not noise_files(augment.noise_dir):
         raise UserError(f"augment.noise_dir={augment.noise_dir} is not a folder holding audio files "
                         f"({', '.join(NOISE_SUFFIXES)}); give a folder of noise recordings, or null for white noise")
@@ -241,6 +245,9 @@ def validate(config: Any) -> DictConfig:
         raise UserError(f"bad configuration: {first_line(error)} "
                         f"(full key: {getattr(error, 'full_key', '?')})") from None
     check_augment_config(merged.augment)
+    if merged.augment.vtlp_warp > 0 and merged.features.type != FeatureType.logmel:
+        raise UserError(f"augment.vtlp_warp warps log-mel bands; features.type={merged.features.type.value} has none "
+                        f"(use features=logmel, or augment.vtlp_warp=0)")
     return merged
 
 

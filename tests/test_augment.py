@@ -8,8 +8,10 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asr.audio.augment import add_noise, augment_waveform, spec_augment, spec_augment_enabled, speed_perturb
-from asr.configuration import AugmentConfig, check_augment_config
+from asr.audio.augment import (add_noise, augment_waveform, spec_augment, spec_augment_enabled, speed_perturb,
+                               vocal_tract_perturb, warp_bands)
+from asr.audio.features import compute_features
+from asr.configuration import AugmentConfig, FeaturesConfig, FeatureType, Normalization, check_augment_config, validate
 from asr.errors import UserError
 
 SAMPLE_RATE = 16000
@@ -193,9 +195,67 @@ def test_augment_waveform_is_deterministic_and_follows_the_config() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [({"freq_masks": -1}, "augment.freq_masks"), ({"speed_perturb": [1.0, 0.0]}, "speed_perturb"),
-     ({"noise_probability": 1.5}, "noise_probability"), ({"noise_snr_db": [30.0, 10.0]}, "noise_snr_db")],
+     ({"noise_probability": 1.5}, "noise_probability"), ({"noise_snr_db": [30.0, 10.0]}, "noise_snr_db"),
+     ({"vtlp_warp": 0.5}, "vtlp_warp"), ({"vtlp_warp": -0.1}, "vtlp_warp")],
 )
 def test_bad_augment_config_is_a_user_error(overrides: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         check_augment_config(AugmentConfig(**overrides))
     check_augment_config(AugmentConfig())
+
+
+# --- vocal-tract-length perturbation ---------------------------------------------------------
+
+def _logmel_of_tone(frequency: float) -> np.ndarray:
+    config = FeaturesConfig(type=FeatureType.logmel, num_features=40, normalize=Normalization.none)
+    return compute_features(_tone(1.0, frequency), config)
+
+
+@pytest.mark.parametrize(("frequency", "alpha"), [(600.0, 1.1), (1000.0, 0.9), (2000.0, 1.08), (3000.0, 0.92)])
+def test_warping_the_bands_moves_a_tone_as_a_scaled_vocal_tract_would(frequency: float, alpha: float) -> None:
+    """Below the bend, warp_bands(features of f, alpha) looks like the features of alpha * f."""
+    warped = warp_bands(_logmel_of_tone(frequency), alpha).numpy().mean(axis=0)
+    target = _logmel_of_tone(alpha * frequency).mean(axis=0)
+    original = _logmel_of_tone(frequency).mean(axis=0)
+    assert abs(int(np.argmax(warped)) - int(np.argmax(target))) <= 1
+    assert np.argmax(target) != np.argmax(original)  # the shift is big enough to see
+    assert np.abs(warped - target).mean() < 0.5 * np.abs(original - target).mean()
+
+
+def test_a_factor_of_one_changes_nothing_and_the_top_band_stays() -> None:
+    features = _logmel_of_tone(1500.0)
+    np.testing.assert_allclose(warp_bands(features, 1.0).numpy(), features, rtol=1e-5, atol=1e-5)
+    for alpha in (0.85, 1.15):  # the bend keeps Nyquist where it is: the top band barely moves
+        assert np.abs(warp_bands(features, alpha).numpy()[:, -1] - features[:, -1]).max() < 0.05
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.integers(0, 40), bins=st.integers(1, 64), max_warp=st.floats(0.0, 0.3),
+       seed=st.integers(0, 2**31 - 1), silent=st.integers(0, 5))
+def test_vocal_tract_perturbation_properties(frames: int, bins: int, max_warp: float, seed: int, silent: int) -> None:
+    features = _ones_plus(frames, bins) * np.random.default_rng(seed).choice([-1.0, 1.0], (frames, bins))
+    features = features.astype(np.float32)
+    features[max(0, frames - silent - 1):frames - 1] = 0.0  # padding-like zero frames (never the last)
+    warped = vocal_tract_perturb(features, max_warp, seed).numpy()
+    assert warped.shape == features.shape and warped.dtype == np.float32
+    # each value lies between two of its frame's values: zero frames stay zero, nothing new appears
+    if frames:
+        assert np.all(warped >= features.min(axis=1, keepdims=True) - 1e-6)
+        assert np.all(warped <= features.max(axis=1, keepdims=True) + 1e-6)
+    assert np.array_equal(warped, vocal_tract_perturb(features, max_warp, seed).numpy())  # same seed, same warp
+
+
+def test_vocal_tract_perturbation_inside_a_graph_and_off_when_zero() -> None:
+    features = _ones_plus(25, 40)
+    graph = tf.function(lambda values, seed: vocal_tract_perturb(values, 0.1, seed),
+                        input_signature=[tf.TensorSpec([None, 40], tf.float32), tf.TensorSpec([2], tf.int64)])
+    warps = [graph(features, tf.constant([seed, 0], tf.int64)).numpy() for seed in range(4)]
+    assert len({array.tobytes() for array in warps}) == 4  # each seed its own factor
+    assert vocal_tract_perturb(features, 0.0, 3) is not None
+    np.testing.assert_array_equal(vocal_tract_perturb(features, 0.0, 3).numpy(), features)
+
+
+def test_vocal_tract_perturbation_needs_log_mel_features() -> None:
+    with pytest.raises(UserError, match="vtlp_warp warps log-mel"):
+        validate({"features": {"type": "mfcc"}, "augment": {"vtlp_warp": 0.1}})
+    assert validate({"features": {"type": "logmel"}, "augment": {"vtlp_warp": 0.1}}).augment.vtlp_warp == 0.1

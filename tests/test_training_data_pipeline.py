@@ -25,8 +25,10 @@ def corpus(tmp_path_factory) -> dict:
     return synthesize_corpus(tmp_path_factory.mktemp("corpus"), count=12, seed=1, quiet=True)
 
 
-def make_config(corpus: dict, exp_dir: Path, cache_dir: Path | None = None, augment: dict | None = None):
+def make_config(corpus: dict, exp_dir: Path, cache_dir: Path | None = None, augment: dict | None = None,
+                features: dict | None = None):
     return validate({
+        "features": features or {},
         "model": {"parameters": TINY_MODEL},
         "data": {"train_manifest": str(corpus["train"]), "dev_manifest": None, "test_manifest": None,
                  "cache_dir": None if cache_dir is None else str(cache_dir)},
@@ -105,6 +107,30 @@ def test_augment_config_masks_training_batches_only(corpus, tmp_path):
     for index, features in evaluation.items():  # evaluation batches: the features as they are
         plain = data.features_for(data.examples[index].utterance)
         np.testing.assert_array_equal(features[:len(plain)], plain)
+
+
+def test_vocal_tract_perturbation_warps_training_batches_only_and_trains(corpus, tmp_path):
+    from asr.training.loop import Trainer
+
+    config = make_config(corpus, tmp_path / "exp", augment={"vtlp_warp": 0.15},
+                         features={"type": "logmel", "num_features": 20})
+    trainer = Trainer(config)
+    trainer._load_data()
+    data = trainer.train_data
+
+    def by_index(epoch: int, training: bool) -> dict[int, np.ndarray]:
+        return {int(index): features[:length] for batch in trainer._dataset(data, epoch, training=training)
+                for index, features, length in zip(batch["index"].numpy(), batch["features"].numpy(),
+                                                   batch["feature_lengths"].numpy())}
+
+    plain, warped, again, next_epoch = by_index(0, False), by_index(1, True), by_index(1, True), by_index(2, True)
+    for index, features in plain.items():
+        np.testing.assert_array_equal(features, data.features_for(data.examples[index].utterance))
+        assert warped[index].shape == features.shape and not np.allclose(warped[index], features)
+        np.testing.assert_array_equal(warped[index], again[index])  # (seed, epoch, index) fixes the factor
+        assert not np.array_equal(warped[index], next_epoch[index])  # a new factor each epoch
+    result = trainer.fit()
+    assert result.epochs_run == 1 and np.isfinite(result.history[-1]["loss"])
 
 
 def test_nonsense_augment_config_is_refused_at_validation(corpus, tmp_path):

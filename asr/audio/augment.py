@@ -7,6 +7,10 @@
   than the utterance: a 5-frame clip with ``time_mask_width=20`` gets masks of 0..4 frames.
   The last frame is never masked and the frequency masks never cover every bin, because the
   models (``asr.models.architectures.FrameMask``) take an utterance's end to be its last non-zero frame.
+* ``vocal_tract_perturb(features, max_warp, seed, sample_rate)``: vocal-tract-length perturbation
+  (Jaitly & Hinton, 2013) on log-mel features: ``warp_bands`` scales the frequency axis by a factor
+  drawn from ``[1 - max_warp, 1 + max_warp]``, as if a shorter or longer vocal tract had spoken, by
+  interpolating between mel bands. It works on cached features, in the same ``tf.data`` map.
 * ``speed_perturb(signal, rate)``: Kaldi-style speed change by resampling (tempo and pitch
   together); ``rate=1.1`` makes the clip 1/1.1 as long.
 * ``add_noise(signal, snr_db, rng, noise=None)``: white noise, or a random stretch of a
@@ -96,6 +100,69 @@ def spec_augment(features: Any, augment_config: Any, seed: Any) -> Any:
     keep_frames = tf.concat([keep_frames, tf.ones([frames - maskable], tf.bool)], axis=0)
     keep = tf.logical_and(keep_frames[:, tf.newaxis], keep_bins[tf.newaxis, :])
     return features * tf.cast(keep, features.dtype)
+
+
+# The warp is linear up to this share of the Nyquist frequency, then bends to keep the top fixed
+# (Jaitly & Hinton's boundary: 4.8 kHz at 16 kHz, above the formants that tell vowels apart).
+VTLP_BOUNDARY = 0.6
+
+
+def _slaney_mel(hertz: Any) -> Any:
+    """librosa's default (Slaney) mel scale, in TensorFlow: linear below 1 kHz, logarithmic above."""
+    import tensorflow as tf
+
+    log_step = np.log(6.4) / 27.0
+    return tf.where(hertz < 1000.0, hertz * 3.0 / 200.0,
+                    15.0 + tf.math.log(tf.maximum(hertz, 1000.0) / 1000.0) / log_step)
+
+
+def _mel_to_hertz(mels: Any) -> Any:
+    """Inverse of ``_slaney_mel``."""
+    import tensorflow as tf
+
+    log_step = np.log(6.4) / 27.0
+    return tf.where(mels < 15.0, mels * 200.0 / 3.0, 1000.0 * tf.exp(log_step * (mels - 15.0)))
+
+
+def warp_bands(features: Any, alpha: Any, sample_rate: int = 16000) -> Any:
+    """Log-mel features ``[T, F]`` (librosa's bands, 0 Hz to Nyquist) with frequencies scaled by ``alpha``.
+
+    A frequency ``f`` moves to ``alpha * f`` below the boundary and linearly to the Nyquist frequency
+    above it. Each output band takes the value the input had at the frequency that moved onto its
+    centre (linear interpolation between bands, the edge bands repeated). Shape and dtype are kept.
+    """
+    import tensorflow as tf
+
+    features = tf.convert_to_tensor(features)
+    if features.shape.rank is not None and features.shape.rank != 2:
+        raise ValueError(f"warp_bands takes one utterance [T, F], got shape {features.shape}")
+    alpha = tf.cast(alpha, tf.float32)
+    bins = tf.shape(features)[1]
+    nyquist = sample_rate / 2.0
+    top_mel = float(librosa.hz_to_mel(nyquist))  # Slaney, like _slaney_mel
+    # band centres: F + 2 points equally spaced in mel from 0 to Nyquist, ends dropped (librosa.filters.mel)
+    centres = _mel_to_hertz(top_mel * tf.cast(tf.range(1, bins + 1), tf.float32) / tf.cast(bins + 1, tf.float32))
+    source_edge = VTLP_BOUNDARY * nyquist * tf.minimum(alpha, 1.0) / alpha  # where the bend starts, before...
+    target_edge = alpha * source_edge  # ...and after the warp
+    sources = tf.where(centres <= target_edge, centres / alpha,
+                       nyquist - (nyquist - centres) * (nyquist - source_edge) / (nyquist - target_edge))
+    positions = _slaney_mel(sources) / top_mel * tf.cast(bins + 1, tf.float32) - 1.0
+    positions = tf.clip_by_value(positions, 0.0, tf.cast(bins - 1, tf.float32))
+    below = tf.cast(tf.floor(positions), tf.int32)
+    above = tf.minimum(below + 1, bins - 1)
+    weight = tf.cast(positions - tf.cast(below, tf.float32), features.dtype)
+    warped = tf.gather(features, below, axis=1) * (1.0 - weight) + tf.gather(features, above, axis=1) * weight
+    return tf.ensure_shape(warped, features.shape)
+
+
+def vocal_tract_perturb(features: Any, max_warp: float, seed: Any, sample_rate: int = 16000) -> Any:
+    """``warp_bands`` by a factor drawn from ``[1 - max_warp, 1 + max_warp]`` (``seed`` as for ``spec_augment``)."""
+    import tensorflow as tf
+
+    if max_warp <= 0:
+        return tf.convert_to_tensor(features)
+    alpha = tf.random.stateless_uniform([], _as_seed(seed), minval=1.0 - max_warp, maxval=1.0 + max_warp)
+    return warp_bands(features, alpha, sample_rate)
 
 
 # --- waveform side (numpy) ---------------------------------------------------------------------

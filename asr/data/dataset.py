@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from asr.audio.augment import spec_augment, spec_augment_enabled
+from asr.audio.augment import spec_augment, spec_augment_enabled, vocal_tract_perturb
 from asr.audio.features import extract_features
 from asr.data.manifest import Utterance
 from asr.errors import UserError
@@ -85,17 +85,19 @@ def batch_order(examples: Sequence[Example], batch_size: int, epoch: int, seed: 
 
 def make_dataset(examples: Sequence[Example], features_for: FeaturesFor, num_features: int, batch_size: int, *,
                  epoch: int = 0, seed: int = 0, sortagrad: bool = False, shuffle: bool = False,
-                 augment_config: Any = None, waveform_augmenter: Any = None) -> tf.data.Dataset:
+                 augment_config: Any = None, waveform_augmenter: Any = None, sample_rate: int = 16000) -> tf.data.Dataset:
     """Padded batches ``{"features" [B,T,F], "feature_lengths" [B], "labels" [B,L], "label_lengths" [B], "index" [B]}``.
 
     ``index`` points into ``examples`` (to name files when something goes wrong). With an
-    ``augment_config`` asking for it, SpecAugment masks each utterance; the masks depend only on
-    ``(seed, epoch, index)``, so a resumed run sees the same ones. A ``waveform_augmenter``
+    ``augment_config`` asking for them, each utterance's log-mel bands are warped (``vtlp_warp``, for
+    features of ``sample_rate``) and SpecAugment masks it; both depend only on ``(seed, epoch, index)``,
+    so a resumed run sees the same ones. A ``waveform_augmenter``
     (``asr.audio.augment.WaveformAugmenter``) replaces ``features_for``: each utterance is read, sped up
     or slowed down and mixed with noise as ``(seed, epoch, index)`` draws, then featurised.
     """
     order = batch_order(examples, batch_size, epoch, seed, sortagrad, shuffle)
     augment = augment_config is not None and spec_augment_enabled(augment_config)
+    vtlp_warp = float(augment_config.vtlp_warp) if augment_config is not None else 0.0
 
     def load(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         example = examples[int(index)]
@@ -110,8 +112,11 @@ def make_dataset(examples: Sequence[Example], features_for: FeaturesFor, num_fea
         features, labels = tf.numpy_function(load, [index], (tf.float32, tf.int32), stateful=False)
         features.set_shape([None, num_features])
         labels.set_shape([None])
+        mask_seed = tf.stack([tf.constant(seed * 1_000_003 + epoch, tf.int64), tf.cast(index, tf.int64)])
+        if vtlp_warp > 0:
+            warp_seed = tf.random.experimental.stateless_fold_in(mask_seed, 1)
+            features = vocal_tract_perturb(features, vtlp_warp, warp_seed, sample_rate)
         if augment:
-            mask_seed = tf.stack([tf.constant(seed * 1_000_003 + epoch, tf.int64), tf.cast(index, tf.int64)])
             features = spec_augment(features, augment_config, mask_seed)
         return {"features": features, "feature_lengths": tf.shape(features)[0], "labels": labels,
                 "label_lengths": tf.shape(labels)[0], "index": tf.cast(index, tf.int32)}

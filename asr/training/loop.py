@@ -236,7 +236,8 @@ class Trainer:
                                int(trainer.batch_size), epoch=epoch, seed=int(self.config.seed),
                                sortagrad=bool(trainer.sortagrad) and training, shuffle=training,
                                augment_config=self.config.augment if training else None,
-                               waveform_augmenter=self.waveform_augmenter if training else None)
+                               waveform_augmenter=self.waveform_augmenter if training else None,
+                               sample_rate=int(self.config.features.sample_rate))
         return self.strategy.experimental_distribute_dataset(dataset)
 
     # ----- time and learning rate -----------------------------------------------------------
