@@ -47,13 +47,14 @@ def data_synth(
     engines: str = typer.Option("espeak", help="Comma-separated synthesizers: espeak, flite (Debian flite: make voices)."),
     text: str = typer.Option("generator", help="Comma-separated text sources: generator, fortunes, wordnet (Debian fortunes, wordnet-base)."),
     room: float = typer.Option(0.0, help="Share of utterances given a simulated room, band limit or noise (0..1)."),
+    room_effects: str = typer.Option("reverb,band,noise", help="Which of the room's effects to keep (comma-separated)."),
     splits: str = typer.Option("train=0.8,dev=0.1,test=0.1", help="Split shares, name=fraction,..."),
 ) -> None:
     """Synthesise an offline English corpus (16 kHz WAVs + manifests), reproducible from its seed."""
     from asr.data import synth
 
     _run(lambda: synth.main(out=out, count=count, seed=seed, jobs=jobs, engines=engines, text=text, room=room,
-                               splits=splits))
+                               splits=splits, room_effects=room_effects))
 
 
 @import_app.command("librispeech")

@@ -110,6 +110,21 @@ def test_flite_and_rooms_in_a_corpus_reproduce_from_the_seed(tmp_path: Path) -> 
     assert first["all"].read_text() == second["all"].read_text()
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10**6), index=st.integers(0, 10**5),
+       effects=st.lists(st.sampled_from(synth.ROOM_EFFECTS), min_size=1, unique=True))
+def test_room_effects_keep_some_effects_on_the_same_utterances(seed: int, index: int, effects: list[str]) -> None:
+    variants = synth.available_variants()
+    full = utterance_settings(seed, index, variants, ("espeak", "flite"), room=0.5)
+    some = utterance_settings(seed, index, variants, ("espeak", "flite"), room=0.5, room_effects=effects)
+    assert some.rt60 == (full.rt60 if "reverb" in effects else 0.0)
+    assert some.band == (full.band if "band" in effects else None)
+    assert some.snr_db == (full.snr_db if "noise" in effects else None)
+    # the voice and everything else are drawn alike: only the room's effects differ
+    assert (some.voice, some.rate, some.pitch, some.peak, some.lead_silence) == \
+        (full.voice, full.rate, full.pitch, full.peak, full.lead_silence)
+
+
 def test_bad_engine_text_or_room_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--engines"):
         synthesize_corpus(tmp_path, count=2, seed=0, engines="festival", quiet=True)
@@ -117,6 +132,8 @@ def test_bad_engine_text_or_room_is_one_clear_error(tmp_path: Path) -> None:
         synthesize_corpus(tmp_path, count=2, seed=0, text="wikipedia", quiet=True)
     with pytest.raises(UserError, match="--room"):
         synthesize_corpus(tmp_path, count=2, seed=0, room=1.5, quiet=True)
+    with pytest.raises(UserError, match="--room-effects takes a comma-separated list of reverb, band, noise"):
+        synthesize_corpus(tmp_path, count=2, seed=0, room=0.5, room_effects="echo", quiet=True)
 
 
 def test_wordnet_examples_are_read_from_the_glosses(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ measurable. Text sources: ``generator`` (``asr.data.sentences``) and ``fortunes`
 sentences, ``asr.data.texts``) and ``wordnet`` (WordNet's example sentences), mixed in equal
 shares (natural ones up to what is installed).
 ``room`` is the share of utterances that get a simulated room, a band-limited channel and/or
-noise at a random SNR (``asr.audio.augment``), baked into the WAV.
+noise at a random SNR (``asr.audio.augment``), baked into the WAV; ``room_effects`` keeps some of
+the three (the others are drawn all the same, so each effect falls on the same utterances as in a
+corpus with all three: an augmentation sweep can measure them one at a time).
 
 ``synthesize_corpus(out_dir, count, seed)`` writes ``out_dir/wavs/*.wav`` (16 kHz, mono, 16-bit PCM)
 and JSON-lines manifests ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` and ``all.jsonl`` with
@@ -76,6 +78,7 @@ VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3"
             "steph", "travis", "victor", "zac")
 ENGINES = ("espeak", "flite")
 TEXT_SOURCES = ("generator", "fortunes", "wordnet")
+ROOM_EFFECTS = ("reverb", "band", "noise")
 NATURAL_TEXTS = {"fortunes": fortune_sentences, "wordnet": wordnet_sentences}
 # flite's English voices (Debian flite 2.2); awb_time only speaks times of day.
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
@@ -120,8 +123,12 @@ def available_variants() -> tuple[str, ...]:
 
 
 def choose_settings(rng: random.Random, variants: Sequence[str], engines: Sequence[str] = ("espeak",),
-                    room: float = 0.0) -> VoiceSettings:
-    """Draw an engine, voice, speed, pitch, level, padding and (with probability ``room``) a room."""
+                    room: float = 0.0, room_effects: Sequence[str] = ROOM_EFFECTS) -> VoiceSettings:
+    """Draw an engine, voice, speed, pitch, level, padding and (with probability ``room``) a room.
+
+    The room's ``room_effects`` are kept; the others are drawn and dropped, so the draws that follow
+    do not depend on ``room_effects``.
+    """
     # The espeak-only draw sequence is kept as it was, so espeak-only corpora stay byte-identical.
     engine_name = engines[0] if len(engines) == 1 else None
     accent = rng.choice(ACCENTS)
@@ -140,14 +147,15 @@ def choose_settings(rng: random.Random, variants: Sequence[str], engines: Sequen
         settings = dataclasses.replace(settings, engine="flite", voice=rng.choice(FLITE_VOICES),
                                        rate=rng.randint(140, 215))
     if room > 0 and rng.random() < room:
+        rt60 = round(rng.uniform(0.15, 0.8), 3) if rng.random() < 0.5 else 0.0
+        band = rng.choice([(300.0, 3400.0), (0.0, 4000.0), (0.0, 5500.0), (100.0, 7000.0)]) \
+            if rng.random() < 0.4 else None
+        snr_db = round(rng.uniform(5.0, 30.0), 2) if rng.random() < 0.6 else None
+        noise_color = rng.choice([0.0, 1.0, 2.0])
+        noisy = "noise" in room_effects
         settings = dataclasses.replace(
-            settings,
-            rt60=round(rng.uniform(0.15, 0.8), 3) if rng.random() < 0.5 else 0.0,
-            band=rng.choice([(300.0, 3400.0), (0.0, 4000.0), (0.0, 5500.0), (100.0, 7000.0)])
-            if rng.random() < 0.4 else None,
-            snr_db=round(rng.uniform(5.0, 30.0), 2) if rng.random() < 0.6 else None,
-            noise_color=rng.choice([0.0, 1.0, 2.0]),
-        )
+            settings, rt60=rt60 if "reverb" in room_effects else 0.0, band=band if "band" in room_effects else None,
+            snr_db=snr_db if noisy else None, noise_color=noise_color if noisy else 0.0)
     return settings
 
 
@@ -261,18 +269,18 @@ def synthesize(text: str, settings: VoiceSettings, room_seed: int = 0) -> np.nda
 
 
 def utterance_settings(seed: int, index: int, variants: Sequence[str], engines: Sequence[str] = ("espeak",),
-                       room: float = 0.0) -> VoiceSettings:
+                       room: float = 0.0, room_effects: Sequence[str] = ROOM_EFFECTS) -> VoiceSettings:
     """The settings of utterance ``index`` of the corpus of ``seed`` (independent of the others)."""
-    return choose_settings(random.Random(f"asr-synth:{seed}:{index}"), variants, engines, room)
+    return choose_settings(random.Random(f"asr-synth:{seed}:{index}"), variants, engines, room, room_effects)
 
 
 def _synthesize_block(out_dir: str, seed: int, items: list[tuple[int, str, str]], engines: Sequence[str] = ("espeak",),
-                      room: float = 0.0) -> list[tuple[int, str]]:
+                      room: float = 0.0, room_effects: Sequence[str] = ROOM_EFFECTS) -> list[tuple[int, str]]:
     """Write the WAVs of ``items`` (index, text, relative path); return (samples, engine:voice) of each."""
     variants = available_variants()
     written = []
     for index, text, relative_path in items:
-        settings = utterance_settings(seed, index, variants, engines, room)
+        settings = utterance_settings(seed, index, variants, engines, room, room_effects)
         samples = synthesize(text, settings, room_seed=seed * 1_000_003 + index)
         soundfile.write(os.path.join(out_dir, relative_path), samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         written.append((len(samples), settings.label))
@@ -355,7 +363,8 @@ def _check_arguments(out_dir: Path, count: int, jobs: int, splits: dict[str, flo
 
 def synthesize_corpus(out_dir: Path, count: int, seed: int, splits: dict[str, float] | None = None,
                       jobs: int = 1, quiet: bool = False, engines: Sequence[str] = ("espeak",),
-                      text: Sequence[str] = ("generator",), room: float = 0.0) -> dict[str, Path]:
+                      text: Sequence[str] = ("generator",), room: float = 0.0,
+                      room_effects: str | Sequence[str] = ROOM_EFFECTS) -> dict[str, Path]:
     """Synthesise ``count`` distinct sentences into ``out_dir``; return the manifest of each split and "all".
 
     The same seed and count give byte-identical WAVs and manifests, whatever ``jobs`` is. Splits
@@ -367,6 +376,7 @@ def synthesize_corpus(out_dir: Path, count: int, seed: int, splits: dict[str, fl
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
     engines = parse_choices(engines, ENGINES, "--engines")
     sources = parse_choices(text, TEXT_SOURCES, "--text")
+    room_effects = parse_choices(room_effects, ROOM_EFFECTS, "--room-effects")
     if not 0.0 <= room <= 1.0:
         raise UserError(f"--room is a share of utterances between 0 and 1, not {room}")
     if "flite" in engines and shutil.which("flite") is None:  # before any worker starts
@@ -385,7 +395,8 @@ def synthesize_corpus(out_dir: Path, count: int, seed: int, splits: dict[str, fl
         with ProcessPoolExecutor(max_workers=min(jobs, len(blocks)), mp_context=context,
                                  max_tasks_per_child=1) as pool:
             for block in pool.map(_synthesize_block, [str(out_dir)] * len(blocks), [seed] * len(blocks),
-                                  blocks, [engines] * len(blocks), [room] * len(blocks)):
+                                  blocks, [engines] * len(blocks), [room] * len(blocks),
+                                  [room_effects] * len(blocks)):
                 written.extend(block)
     except BrokenProcessPool:
         first = len(written)
@@ -432,9 +443,9 @@ def parse_splits(value: str) -> dict[str, float]:
 
 
 def main(out: Path, count: int, seed: int, jobs: int = 1, engines: str = "espeak", text: str = "generator",
-         room: float = 0.0, splits: str = "train=0.8,dev=0.1,test=0.1") -> None:
+         room: float = 0.0, splits: str = "train=0.8,dev=0.1,test=0.1", room_effects: str = ",".join(ROOM_EFFECTS)) -> None:
     """The ``asr data synth`` command: write the corpus and print where its manifests are."""
     manifests = synthesize_corpus(Path(out), count, seed, splits=parse_splits(splits), jobs=jobs, engines=engines,
-                                  text=text, room=room)
+                                  text=text, room=room, room_effects=room_effects)
     sizes = {name: path.read_text(encoding="utf-8").count("\n") for name, path in manifests.items()}
     print("manifests: " + ", ".join(f"{name} {manifests[name]} ({sizes[name]})" for name in manifests))
