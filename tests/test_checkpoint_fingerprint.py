@@ -139,3 +139,18 @@ def test_the_fingerprint_of_the_default_configuration_is_unchanged(tmp_path):
         "test_manifest": None}}).config
     assert (training_fingerprint(defaults, Alphabet.default())["fingerprint"]
             == "803b645cac3037b3fa2442536f392537c96c834ec31dcb6d9c0c4307e30b93e0")
+
+
+def test_a_key_added_later_counts_only_away_from_its_neutral_value(tmp_path):
+    # augment.vtlp_warp came after the pinned fingerprint above: at 0 it is left out (old checkpoints stay
+    # resumable), anywhere else it trains something else
+    data = {"dev_manifest": None, "test_manifest": None}
+    plain = Configuration({"exp_dir": str(tmp_path), "data": data}).config
+    warped = Configuration({"exp_dir": str(tmp_path), "data": data, "features": {"type": "logmel"},
+                            "augment": {"vtlp_warp": 0.1}}).config
+    logmel = Configuration({"exp_dir": str(tmp_path), "data": data, "features": {"type": "logmel"}}).config
+    record = training_fingerprint(plain, Alphabet.default())
+    assert "vtlp_warp" not in record["training"]["augment"]
+    assert training_fingerprint(warped, Alphabet.default())["training"]["augment"]["vtlp_warp"] == 0.1
+    assert training_fingerprint(warped, Alphabet.default())["fingerprint"] != \
+        training_fingerprint(logmel, Alphabet.default())["fingerprint"]

@@ -58,6 +58,9 @@ FINGERPRINT_GROUPS = ("model", "features", "optimizer", "augment")
 FINGERPRINT_TRAINER_KEYS = ("batch_size", "mixed_precision", "sortagrad")
 FINGERPRINT_DATA_KEYS = ("max_duration",)
 FINGERPRINT_MANIFESTS = ("train_manifest", "dev_manifest")
+# Keys added to a fingerprinted group after checkpoints were written: at this value (the one that trains
+# as before the key existed) they are left out, so those checkpoints stay resumable.
+FINGERPRINT_ADDED_KEYS = {("augment", "vtlp_warp"): 0.0}
 RESUME_HELP = ("use another exp_dir, trainer.resume=false to start afresh there (its checkpoints are "
                "replaced), or trainer.init_from=<model> to fine-tune from a model")
 
@@ -79,6 +82,9 @@ def training_fingerprint(config: DictConfig, alphabet: Alphabet) -> dict:
     plain = OmegaConf.to_container(config, resolve=True)
     trainer, data = plain.get("trainer") or {}, plain.get("data") or {}
     training: dict[str, Any] = {group: plain.get(group) for group in FINGERPRINT_GROUPS}
+    for (group, key), neutral in FINGERPRINT_ADDED_KEYS.items():
+        if isinstance(training.get(group), dict) and training[group].get(key) == neutral:
+            del training[group][key]
     training["alphabet"] = list(alphabet.symbols)
     training["trainer"] = {key: trainer.get(key) for key in FINGERPRINT_TRAINER_KEYS}
     training["data"] = {key: data.get(key) for key in FINGERPRINT_DATA_KEYS}

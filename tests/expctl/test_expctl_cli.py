@@ -240,14 +240,16 @@ def test_ctrl_c_stops_an_enqueue_and_leaves_no_rows(any_world: Env) -> None:
 
     world = any_world
     process = subprocess.Popen(
-        [sys.executable, "-m", "expctl", "enqueue", "config", "lr=range(0,3000)", "tag=x", *TESTAPP],
+        # 30,000 specs: composing lasts far longer than the wait below on any machine (3,000 could all be
+        # composed and queued before the interrupt arrived on an idle one)
+        [sys.executable, "-m", "expctl", "enqueue", "config", "lr=range(0,30000)", "tag=x", *TESTAPP],
         cwd=world.root, env=world.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
     deadline = time.monotonic() + 60
     while not (composers := _children(process.pid)):
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()
         time.sleep(0.05)
-    time.sleep(1.0)  # composing is under way
+    time.sleep(0.5)  # composing is under way
     interrupted = time.monotonic()
     os.killpg(process.pid, signal.SIGINT)
     _out, err = process.communicate(timeout=60)
