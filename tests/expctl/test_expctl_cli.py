@@ -239,12 +239,18 @@ def test_ctrl_c_stops_an_enqueue_and_leaves_no_rows(any_world: Env) -> None:
     import time
 
     world = any_world
-    process = subprocess.Popen(
-        # 30,000 specs: composing lasts far longer than the wait below on any machine (3,000 could all be
-        # composed and queued before the interrupt arrived on an idle one)
-        [sys.executable, "-m", "expctl", "enqueue", "config", "lr=range(0,30000)", "tag=x", *TESTAPP],
-        cwd=world.root, env=world.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+    # A terminal's foreground job hears SIGINT; a test run started as a shell's background job ignores
+    # it, and an ignored signal stays ignored across exec. A handler in its place is reset on exec.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            # 30,000 specs: composing lasts far longer than the wait below on any machine (3,000 could all
+            # be composed and queued before the interrupt arrived on an idle one)
+            [sys.executable, "-m", "expctl", "enqueue", "config", "lr=range(0,30000)", "tag=x", *TESTAPP],
+            cwd=world.root, env=world.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
     while not (composers := _children(process.pid)):
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()
