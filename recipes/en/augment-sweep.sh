@@ -3,7 +3,7 @@
 # Each arm trains the `en` shape from scratch for the same number of steps on espeak-ng voices only, and is
 # judged on flite voices and WordNet sentences it never heard: a synthesizer unknown to the model stands in
 # for an unknown speaker. Festival is not used here (it stays reserved for the final evaluation).
-#   bash recipes/en/augment-sweep.sh            # ~9 min synthesis, then ~2.5 h of training on 2 cores
+#   bash recipes/en/augment-sweep.sh            # ~9 min synthesis, then ~2.9 h of training on 2 cores
 # Needs flite and wordnet-base (make voices). Results: expctl list; MLflow experiment asr-en-augment-sweep.
 set -euo pipefail
 COUNT=${COUNT:-4000}
