@@ -148,3 +148,18 @@ def test_the_schema_does_not_import_the_audio_layer() -> None:
     code = "import sys, asr.configuration; print(sorted(m for m in sys.modules if m.startswith('asr.')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "asr.audio" not in loaded and "asr.configuration" in loaded
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.mark.parametrize("queue_file", sorted(RECIPES.glob("*/*.txt")), ids=lambda path: path.name)
+def test_every_recipe_queue_line_composes_and_validates(queue_file: Path) -> None:
+    """A renamed or removed key would otherwise surface hours into a recipe, when its line's turn comes."""
+    lines = [line for line in queue_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert lines
+    for line in lines:
+        base, *overrides = line.split("|")
+        assert base == "config", line
+        config = validate(_compose([override for override in overrides if not override.startswith("exp_dir=")]))
+        assert config.model.parameters.rnn_sizes == [256, 256]  # the en preset took effect
