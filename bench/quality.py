@@ -11,7 +11,7 @@ punctuation is dropped); a sentence holding a digit or a letter the alphabet lac
 because the audio would say a word that the reference cannot write. The first ``--count``
 distinct sentences that remain are spoken by every voice of three test sets:
 
-* ``training voices, unseen sentences``: espeak-ng (``asr.data.synth``: accent, variant, speed,
+* ``training voices, unseen sentences``: espeak-ng and DECtalk (``asr.data.synth``: voice, speed,
   pitch and level drawn per sentence as in training, from a seed of this bench) and the flite
   voices kal, kal16, awb, rms and slt (the ``flite`` binary, default speed and pitch);
 * ``Festival voices (never trained on)``: kal_diphone, ked_diphone and cmu_us_slt_arctic_hts
@@ -59,11 +59,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-from asr.data.synth import spoken_form
+from asr.data.synth import dectalk_program, spoken_form
+from asr.errors import UserError
 from asr.inference import Timings, decode_logits, logits_of_files
 
 SAMPLE_RATE = 16_000
-ESPEAK_SEED = 8_675_309  # the bench's own draw of espeak-ng voices, speeds and pitches per sentence
+ESPEAK_SEED = 8_675_309  # the bench's own draw of espeak-ng and DECtalk voices, speeds and pitches per sentence
+DRAWN_ENGINES = {"espeak-ng": "espeak", "dectalk": "dectalk"}  # bench voice -> asr.data.synth engine
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
 POCKETSPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
@@ -208,17 +210,17 @@ def convert_file(source: Path, target: Path) -> None:
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str  # espeak-ng, flite or festival
-    name: str  # the engine's voice; "drawn" for espeak-ng, whose voice is drawn per sentence
+    engine: str  # espeak-ng, dectalk, flite or festival
+    name: str  # the engine's voice; "drawn" for espeak-ng and DECtalk, whose voice is drawn per sentence
 
     @property
     def label(self) -> str:
-        return self.engine if self.engine == "espeak-ng" else f"{self.engine} {self.name}"
+        return self.engine if self.name == "drawn" else f"{self.engine} {self.name}"
 
 
 def set_voices(set_name: str) -> list[Voice]:
     if set_name == TRAINING:
-        return [Voice("espeak-ng", "drawn"), *(Voice("flite", name) for name in FLITE_VOICES)]
+        return [Voice("espeak-ng", "drawn"), Voice("dectalk", "drawn"), *(Voice("flite", name) for name in FLITE_VOICES)]
     return [Voice("festival", name) for name in FESTIVAL_VOICES]
 
 
@@ -261,9 +263,9 @@ def espeak() -> tuple[Callable, Callable, tuple[str, ...]]:
 
 def synthesise(voice: Voice, index: int, sentence: str, work: Path) -> tuple[Path, bool]:
     """The cached WAV of sentence ``index`` spoken by ``voice``, and whether it was made just now."""
-    if voice.engine == "espeak-ng":
+    if voice.name == "drawn":
         synthesize, utterance_settings, variants = espeak()
-        settings = utterance_settings(ESPEAK_SEED, index, variants)
+        settings = utterance_settings(ESPEAK_SEED, index, variants, (DRAWN_ENGINES[voice.engine],))
         target = cached_path(work, voice, sentence, settings)
         if target.is_file():
             return target, False
@@ -335,6 +337,10 @@ def check_tools(sets: Sequence[str]) -> None:
         missing = [voice for voice in FLITE_VOICES if voice not in listed]
         if missing:  # flite falls back to kal silently for an unknown voice
             raise BenchError(f"flite lacks the voices {', '.join(missing)} ({INSTALL_HINT})")
+        try:
+            dectalk_program()
+        except UserError as error:
+            raise BenchError(str(error)) from None
     if FESTIVAL in sets and shutil.which("text2wave") is None:
         raise BenchError(f"Festival's text2wave not found ({INSTALL_HINT})")
     if REAL in sets and not POCKETSPHINX_DATA.is_dir():

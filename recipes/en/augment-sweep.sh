@@ -3,8 +3,8 @@
 # Each arm trains the `en` shape from scratch for the same number of steps on espeak-ng voices only, and is
 # judged on flite voices and WordNet sentences it never heard: a synthesizer unknown to the model stands in
 # for an unknown speaker. Festival is not used here (it stays reserved for the final evaluation).
-#   bash recipes/en/augment-sweep.sh            # ~9 min synthesis, then ~2.9 h of training on 2 cores
-# Needs flite and wordnet-base (make voices). Results: expctl list; MLflow experiment asr-en-augment-sweep.
+#   bash recipes/en/augment-sweep.sh            # ~10 min synthesis, then ~3.4 h of training on 2 cores
+# Needs flite, DECtalk and wordnet-base (make voices). Results: expctl list; MLflow experiment asr-en-augment-sweep.
 set -euo pipefail
 COUNT=${COUNT:-4000}
 asr data synth --out data/sweep --count "$COUNT" --seed 21 --engines espeak --text generator,fortunes \
@@ -15,6 +15,8 @@ for effect in reverb band noise; do  # the room's effects one at a time, on the 
     asr data synth --out "data/sweep-$effect" --count "$COUNT" --seed 21 --engines espeak --text generator,fortunes \
         --room 0.4 --room-effects "$effect" --splits train=1.0
 done
+asr data synth --out data/sweep-dectalk --count "$COUNT" --seed 21 --engines espeak,dectalk \
+    --text generator,fortunes --room 0.4 --splits train=1.0    # the same sentences, half of them by DECtalk
 asr data synth --out data/sweep-heldout --count 400 --seed 22 --engines flite --text wordnet \
     --splits dev=0.5,test=0.5
 expctl enqueue --file recipes/en/augment-sweep.txt --name en-augment-sweep
