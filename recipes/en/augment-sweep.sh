@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The augmentation sweep behind the packaged `en` model's choices (docs/models/en.md, "Augmentation sweep").
-# Each arm trains the `en` shape from scratch for the same number of steps on espeak-ng voices only, and is
-# judged on flite voices and WordNet sentences it never heard: a synthesizer unknown to the model stands in
-# for an unknown speaker. Festival is not used here (it stays reserved for the final evaluation).
+# Each arm trains the `en` shape from scratch for the same number of steps on espeak-ng voices only (the dectalk
+# arm: espeak-ng and DECtalk), and is judged on flite voices and WordNet sentences it never heard: a synthesizer
+# unknown to the model stands in for an unknown speaker. Festival is not used here (it stays reserved for the final evaluation).
 #   bash recipes/en/augment-sweep.sh            # ~10 min synthesis, then ~3.4 h of training on 2 cores
 # Needs flite, DECtalk and wordnet-base (make voices). Results: expctl list; MLflow experiment asr-en-augment-sweep.
 set -euo pipefail

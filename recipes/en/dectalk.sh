@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 asr data synth --out data/en-dectalk --count 24000 --seed 11 --jobs 2 --engines dectalk \
-    --text generator,fortunes --room 0.4 --splits train=0.9,dev=0.05,test=0.05      # ~5 min here
+    --text generator,fortunes --room 0.4 --splits train=0.9,dev=0.05,test=0.05      # ~11 min here
 python - <<'PY'
 from asr.data.manifest import read_manifest, write_manifest
 base, dectalk = read_manifest("data/en/train.jsonl"), read_manifest("data/en-dectalk/train.jsonl")
