@@ -109,43 +109,39 @@ def test_room_effects_keep_length_and_change_the_signal() -> None:
     assert low(brown) > 10 * low(white)
 
 
+def synthesized_twice(tmp_path: Path, **options) -> list[dict]:
+    """The manifest records of a corpus written with --jobs 1 and again with --jobs 2, after checking that
+    both runs wrote the same manifest and the same bytes in every WAV."""
+    first = synthesize_corpus(tmp_path / "a", **options)
+    second = synthesize_corpus(tmp_path / "b", jobs=2, **options)
+    assert first["all"].read_text() == second["all"].read_text()
+    records = [json.loads(line) for line in first["all"].read_text().splitlines()]
+    files = sorted(path.name for path in (tmp_path / "a" / "wavs").iterdir())
+    assert len(files) == len(records)
+    for name in files:
+        assert (tmp_path / "a" / "wavs" / name).read_bytes() == (tmp_path / "b" / "wavs" / name).read_bytes()
+    return records
+
+
 @needs_flite
 @needs_fortunes
 def test_flite_and_rooms_in_a_corpus_reproduce_from_the_seed(tmp_path: Path) -> None:
-    options = dict(count=12, seed=2, engines="espeak,flite", text="generator,fortunes", room=1.0, quiet=True)
-    first = synthesize_corpus(tmp_path / "a", **options)
-    second = synthesize_corpus(tmp_path / "b", jobs=2, **options)
-    records = [json.loads(line) for line in first["all"].read_text().splitlines()]
+    records = synthesized_twice(tmp_path, count=12, seed=2, engines="espeak,flite", text="generator,fortunes",
+                                room=1.0, quiet=True)
     assert {record["voice"].split(":")[0] for record in records} == {"espeak", "flite"}
     assert {record["source"] for record in records} == {"generator", "fortunes"}
     for record in records:
         audio, rate = soundfile.read(tmp_path / "a" / record["audio_filepath"])
         assert rate == SAMPLE_RATE and audio.size > SAMPLE_RATE // 2 and np.isfinite(audio).all()
-    files = sorted(path.name for path in (tmp_path / "a" / "wavs").iterdir())
-    assert all((tmp_path / "a" / "wavs" / name).read_bytes() == (tmp_path / "b" / "wavs" / name).read_bytes()
-               for name in files)
-    assert first["all"].read_text() == second["all"].read_text()
 
 
 @needs_dectalk
 def test_dectalk_voices_reproduce_from_the_seed_and_sound_apart(tmp_path: Path) -> None:
-    options = dict(count=8, seed=4, engines="dectalk,espeak", text="generator", quiet=True)
-    first = synthesize_corpus(tmp_path / "a", **options)
-    second = synthesize_corpus(tmp_path / "b", jobs=2, **options)
-    assert first["all"].read_text() == second["all"].read_text()
-    records = [json.loads(line) for line in first["all"].read_text().splitlines()]
+    records = synthesized_twice(tmp_path, count=8, seed=4, engines="dectalk,espeak", text="generator", quiet=True)
     assert {record["voice"].split(":")[0] for record in records} == {"dectalk", "espeak"}
-    for record in records:
-        assert (tmp_path / "a" / record["audio_filepath"]).read_bytes() == \
-            (tmp_path / "b" / record["audio_filepath"]).read_bytes()
     # The same words from a low and a high voice: Harry's fundamental is far below Kit's.
-    text = "the quick brown fox jumps over the lazy dog"
-    low, high = (synth.synthesize(text, synth.VoiceSettings(voice=voice, rate=180, pitch=50, pitch_range=50,
-                                                             peak=0.9, lead_silence=0.1, trail_silence=0.1,
-                                                             engine="dectalk"))
-                 for voice in ("harry", "kit"))
+    low, high = spoken("dectalk", "harry"), spoken("dectalk", "kit")
     assert low.size > SAMPLE_RATE and high.size > SAMPLE_RATE and np.abs(low).max() > 20_000
-
     assert pitch_hz(low) < 140 < 200 < pitch_hz(high)
 
 
@@ -170,15 +166,10 @@ def spoken(engine: str, voice: str, pitch: int = 50) -> np.ndarray:
 @needs_mbrola
 @needs_pico
 def test_mbrola_and_pico_voices_reproduce_from_the_seed_and_follow_their_settings(tmp_path: Path) -> None:
-    options = dict(count=10, seed=6, engines="mbrola,pico", text="generator", room=0.5, quiet=True)
-    first = synthesize_corpus(tmp_path / "a", **options)
-    second = synthesize_corpus(tmp_path / "b", jobs=2, **options)
-    assert first["all"].read_text() == second["all"].read_text()
-    records = [json.loads(line) for line in first["all"].read_text().splitlines()]
+    records = synthesized_twice(tmp_path, count=10, seed=6, engines="mbrola,pico", text="generator", room=0.5,
+                                quiet=True)
     assert {record["voice"].split(":")[0] for record in records} == {"mbrola", "pico"}
     for record in records:
-        audio = (tmp_path / "a" / record["audio_filepath"]).read_bytes()
-        assert audio == (tmp_path / "b" / record["audio_filepath"]).read_bytes()
         assert soundfile.info(tmp_path / "a" / record["audio_filepath"]).duration > 0.5
     # Each voice is the one asked for (espeak-ng would fall back to its own voice without a word):
     # MBROLA's us1 is a woman's voice, us2 a man's; Pico's pitch markup moves its voice.
