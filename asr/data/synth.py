@@ -104,6 +104,8 @@ MBROLA_MISSING = ("the mbrola engine needs Debian's espeak-ng, mbrola and mbrola
                   "(contrib, non-free): run make voices")
 PICO_VOICES = ("en-US", "en-GB")
 PICO_MISSING = "the pico engine needs Debian's libttspico-utils (non-free): run make voices"
+_ENGINE_VOICES = {"flite": FLITE_VOICES, "dectalk": tuple(DECTALK_VOICES), "mbrola": MBROLA_VOICES,
+                  "pico": PICO_VOICES}
 _QUESTION_STARTS = frozenset({"did", "do", "does", "can", "could", "will", "would", "should", "might", "where",
                               "when", "why", "how", "what", "who"})
 
@@ -163,18 +165,9 @@ def choose_settings(rng: random.Random, variants: Sequence[str], engines: Sequen
         trail_silence=round(rng.uniform(0.05, 0.3), 3),
     )
     engine_name = engine_name or rng.choice(list(engines))
-    if engine_name == "flite":
-        settings = dataclasses.replace(settings, engine="flite", voice=rng.choice(FLITE_VOICES),
-                                       rate=rng.randint(140, 215))
-    elif engine_name == "dectalk":
-        settings = dataclasses.replace(settings, engine="dectalk", voice=rng.choice(list(DECTALK_VOICES)),
-                                       rate=rng.randint(140, 215))
-    elif engine_name == "mbrola":
-        settings = dataclasses.replace(settings, engine="mbrola", voice=rng.choice(MBROLA_VOICES),
-                                       rate=rng.randint(140, 215))
-    elif engine_name == "pico":
-        settings = dataclasses.replace(settings, engine="pico", voice=rng.choice(PICO_VOICES),
-                                       rate=rng.randint(140, 215))
+    if engine_name != "espeak":  # its own voice (drawn first) and speed
+        voice = rng.choice(_ENGINE_VOICES[engine_name])
+        settings = dataclasses.replace(settings, engine=engine_name, voice=voice, rate=rng.randint(140, 215))
     if room > 0 and rng.random() < room:
         rt60 = round(rng.uniform(0.15, 0.8), 3) if rng.random() < 0.5 else 0.0
         band = rng.choice([(300.0, 3400.0), (0.0, 4000.0), (0.0, 5500.0), (100.0, 7000.0)]) \
