@@ -108,6 +108,9 @@ class DataConfig:
     alphabet: Optional[str] = None  # path to a Mozilla-format alphabet; None: built-in English
     max_duration: float = 20.0  # seconds; longer clips are skipped (and counted)
     cache_dir: Optional[str] = None  # on-disk feature cache, filled on first use; None: features in memory
+    # with cache_dir: compute the train and dev splits' missing features with every core before the first epoch
+    # (and before trainer.time_limit_minutes starts counting), rather than one worker filling ahead of training
+    precompute_features: bool = False
 
 
 @dataclass

@@ -69,6 +69,25 @@ def test_cache_is_filled_on_first_use_and_reused_by_the_next_run(corpus, tmp_pat
     assert "filling ahead" not in caplog.text
 
 
+def test_precompute_features_fills_train_and_dev_with_every_core_before_the_first_epoch(corpus, tmp_path, caplog):
+    from asr.data.manifest import read_manifest
+    from asr.training.loop import Trainer
+
+    cache_dir = tmp_path / "cache"
+    config = make_config(corpus, tmp_path / "exp", cache_dir)
+    config.data.dev_manifest, config.data.precompute_features = str(corpus["dev"]), True
+    caplog.set_level(logging.INFO, logger="asr.training.loop")
+    result = Trainer(config).fit()
+    assert result.epochs_run == 1 and np.isfinite(result.history[-1]["loss"])
+    assert "before training" in caplog.text and "filling ahead" not in caplog.text
+    files = {u.audio_filepath for split in ("train", "dev") for u in read_manifest(corpus[split])}
+    assert len(cache_entries(cache_dir)) == len(files)  # both splits, each file once
+    caplog.clear()
+    config.exp_dir = str(tmp_path / "exp-2")
+    Trainer(config).fit()  # warm: nothing left to precompute
+    assert "computing" not in caplog.text and "filling ahead" not in caplog.text
+
+
 def test_cached_features_and_estimated_frame_counts_match_the_audio(corpus, tmp_path):
     from asr.audio.features import file_features
     from asr.text import Alphabet
