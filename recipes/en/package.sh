@@ -23,9 +23,11 @@ print(f"LM text: {len(lines)} sentences (training split + {len(extra)} fortunes 
 PY
 asr lm build --order 3 --text "$corpus/lm.txt" --out "$corpus/lm.arpa"
 cp "$run/model.bin" "$corpus/en.bin"
-# Tuning decodes the dev logits once per trial: a subset keeps it to minutes on 2 cores.
+# Tuning decodes the dev logits once per trial: a subset keeps it to minutes on 2 cores. TUNE_MANIFEST: tune on
+# another dev manifest (more-voices.sh's five-synthesizer selection set).
 head -n "${TUNE_UTTERANCES:-400}" "$corpus/dev.jsonl" > "$corpus/dev-tune.jsonl"
-asr lm tune --model "$corpus/en.bin" --manifest "$corpus/dev-tune.jsonl" --lm "$corpus/lm.arpa" --trials "${TRIALS:-12}"
+asr lm tune --model "$corpus/en.bin" --manifest "${TUNE_MANIFEST:-$corpus/dev-tune.jsonl}" --lm "$corpus/lm.arpa" \
+    --trials "${TRIALS:-12}"
 # The bundle's test figures (asr models list), decoded as it ships: the test split (training voices, sentences never heard).
 asr evaluate --model "$corpus/en.bin" --manifest "$corpus/test.jsonl" --worst 0 --record
 dest=${DEST:-asr/pretrained/en.bin}
